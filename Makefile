@@ -1,0 +1,43 @@
+# The README's two commands: `make demo` and `make test`. Both set up what is missing first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# torch goes in first and alone: the CPU wheel 2.13.0 satisfies `torch>=2.5` without pulling CUDA.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: demo test test-fast lint fmt venv system-deps clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+system-deps: venv
+	@bash ops/system-deps.sh "$(PY)"
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+fmt: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# pytest exits 5 when it collects no tests: that is not a failure of the code under test.
+test: lint system-deps
+	@$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+
+test-fast: venv
+	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: system-deps
+	$(VENV)/bin/saefleet demo
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
