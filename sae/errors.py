@@ -1,0 +1,28 @@
+"""Errors `sae` raises on purpose. All are permanent: retrying the same job cannot help, so
+the fleet fails the job with the message, which names the cause and the fix.
+
+    SAEError
+    ├── ConfigError       a config that validates alone but not against the model
+    ├── DataError         dataset missing, unreadable, empty or without a usable text column
+    └── ModelLoadError    model missing, gated without a token, or not a causal LM
+"""
+
+from __future__ import annotations
+
+
+class SAEError(Exception):
+    """Base of the errors below."""
+
+    permanent = True
+
+
+class ConfigError(SAEError):
+    """The run config does not fit the model (e.g. layer out of range, k > d_sae)."""
+
+
+class DataError(SAEError):
+    """The dataset cannot be read or yields no usable text."""
+
+
+class ModelLoadError(SAEError):
+    """The LM or its tokenizer cannot be loaded."""

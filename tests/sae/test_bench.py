@@ -1,0 +1,14 @@
+from sae.bench import bench_size, loss_curve_match
+
+
+def test_sparse_step_follows_the_dense_loss_curve():
+    match = loss_curve_match(32, 256, 8, steps=6)
+    assert match["max_rel_diff"] < 1e-4
+    assert match["ours"][-1] < match["ours"][0]
+
+
+def test_bench_row_has_a_ratio_per_measured_reference():
+    row = bench_size(16, 64, 4, steps=1)
+    assert row["ours"] > 0 and row["ratio_vs_dense"] > 0
+    for name in ("sparsify", "sae_lens"):
+        assert isinstance(row[name], str) or row[f"ratio_vs_{name}"] > 0
