@@ -1,0 +1,1 @@
+"""The control plane: Celery app, routing, state store, canvas builders and the CLI."""
