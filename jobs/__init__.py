@@ -1,0 +1,1 @@
+"""Lifecycle-stage tasks, providers, the SSH layer and sweep specs."""

@@ -1,0 +1,208 @@
+"""Stage `bootstrap`: upload the code bundle, the job spec and the checkpoint to resume from,
+start the GPU-side Celery worker detached (an SSH drop does not kill it), wait for its ping."""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import shlex
+import time
+from pathlib import Path
+
+from jobs.bundle import ensure_bundle
+from jobs.checkpoints import newest_pulled_checkpoint
+from jobs.instances import open_ssh
+from jobs.remote import RemoteLayout, layout_for, reuses_local_venv, worker_hostname, worker_python
+from jobs.ssh import SSHSession
+from jobs.stage_base import StageContext, StageFailed, stage
+from jobs.tunnels import tunnel_broker_url
+from queue_app.celery_app import app, train_queue
+from queue_app.state import InstanceRecord, JobState
+
+log = logging.getLogger(__name__)
+
+TUNNEL_TIMEOUT_S = 120.0
+LOG_TAIL_LINES = 30
+
+
+@stage("bootstrap")
+def bootstrap(ctx: StageContext) -> None:
+    """Set the instance up once, then poll until its worker answers a ping."""
+    instance = ctx.require_instance()
+    layout = layout_for(instance)
+    record = ctx.attempt()
+    if record.bootstrap_phase != "started":
+        broker_url = _worker_broker_url(ctx, instance)
+        with open_ssh(instance, ctx.settings) as ssh:
+            if record.bootstrap_phase != "uploaded":
+                _upload(ctx, ssh, instance, layout, broker_url)
+                ctx.update_attempt(bootstrap_phase="uploaded")
+            _start_worker(ssh, layout)
+        ctx.update_attempt(bootstrap_phase="started", worker_started_at=time.time())
+        record = ctx.attempt()
+    hostname = worker_hostname(ctx.ref.job_id, ctx.ref.attempt, instance.instance_id)
+    if app.control.ping(destination=[hostname], timeout=1.0):
+        log.info("GPU-side worker %s is up", hostname)
+        ctx.advance(JobState.TRAINING)
+        return
+    waited = time.time() - (record.worker_started_at or time.time())
+    _check_worker(ctx, instance, layout, waited)
+    ctx.poll(countdown=2.0)
+
+
+def _worker_broker_url(ctx: StageContext, instance: InstanceRecord) -> str:
+    """The URL the instance's worker reaches our Redis at: direct, or via the SSH tunnel."""
+    if ctx.settings.fleet_broker_url is not None:
+        return ctx.settings.fleet_broker_url.get_secret_value()
+    if instance.broker_port is None:
+        since = ctx.store.set_waiting(ctx.ref.job_id, ctx.ref.attempt, "the SSH tunnel")
+        if time.time() - since > TUNNEL_TIMEOUT_S:
+            raise StageFailed(
+                "no SSH tunnel to the instance after "
+                f"{TUNNEL_TIMEOUT_S:.0f}s: is the tunnel service running? (`saefleet up`)"
+            )
+        ctx.poll(countdown=1.0)
+    ctx.store.clear_waiting(ctx.ref.job_id, ctx.ref.attempt)
+    return tunnel_broker_url(ctx.settings.broker_url, instance.broker_port)
+
+
+def _upload(
+    ctx: StageContext,
+    ssh: SSHSession,
+    instance: InstanceRecord,
+    layout: RemoteLayout,
+    broker_url: str,
+) -> None:
+    wheel = ensure_bundle(ctx.settings.bundles_dir)
+    for directory in (
+        layout.bundle_dir,
+        posixpath.dirname(layout.worker_log),
+        layout.checkpoints_dir,
+    ):
+        ssh.makedirs(directory)
+    remote_wheel = posixpath.join(layout.bundle_dir, wheel.name)
+    ssh.put(wheel, remote_wheel)
+    ssh.put_bytes(ctx.config.model_dump_json(exclude_unset=True).encode(), layout.job_config)
+    ssh.put_bytes(broker_url.encode(), layout.broker_url_file, mode=0o600)
+    ssh.put_bytes(_secrets_env(ctx).encode(), layout.secrets_env, mode=0o600)
+    script = _start_script(ctx, instance, layout, remote_wheel)
+    ssh.put_bytes(script.encode(), layout.start_script, mode=0o700)
+    checkpoint = newest_pulled_checkpoint(ctx.settings, ctx.ref.sweep_id, ctx.ref.job_id)
+    if checkpoint is not None:
+        _upload_dir(ssh, checkpoint, posixpath.join(layout.checkpoints_dir, checkpoint.name))
+        ctx.update_attempt(resume_from=checkpoint.name)
+        ctx.store.update_job(ctx.ref.job_id, ctx.ref.attempt, resume_from=checkpoint.name)
+        log.info("attempt %d resumes from %s", ctx.ref.attempt, checkpoint.name)
+
+
+def _secrets_env(ctx: StageContext) -> str:
+    """The worker's secret environment: the Hugging Face token, when the orchestrator has one."""
+    name = ctx.config.hf_token_env
+    token = os.environ.get(name)
+    return f"{name}={shlex.quote(token)}\n" if token else ""
+
+
+def _upload_dir(ssh: SSHSession, local: Path, remote: str) -> None:
+    """Upload a directory next to `remote`, then rename it into place."""
+    staging = f"{remote}.partial"
+    ssh.run(f"rm -rf {shlex.quote(staging)}", check=True)
+    ssh.makedirs(staging)
+    for path in sorted(local.rglob("*")):
+        target = posixpath.join(staging, *path.relative_to(local).parts)
+        if path.is_dir():
+            ssh.makedirs(target)
+        else:
+            ssh.put(path, target)
+    ssh.run(
+        f"rm -rf {shlex.quote(remote)} && mv {shlex.quote(staging)} {shlex.quote(remote)}",
+        check=True,
+    )
+
+
+def _start_script(
+    ctx: StageContext, instance: InstanceRecord, layout: RemoteLayout, remote_wheel: str
+) -> str:
+    q = shlex.quote
+    hostname = worker_hostname(ctx.ref.job_id, ctx.ref.attempt, instance.instance_id)
+    env = {
+        "SAEFLEET_WORKER_ROLE": "gpu",
+        "SAEFLEET_SERVICE_NAME": "gpu-worker",
+        "SAEFLEET_REDIS_URL_FILE": layout.broker_url_file,
+        "SAEFLEET_WORKDIR": layout.workdir,
+        "SAEFLEET_HOME": posixpath.join(layout.workdir, "home"),
+        "SAEFLEET_LOG_LEVEL": ctx.settings.log_level,
+    }
+    install = ""
+    if reuses_local_venv(instance, ctx.settings):
+        env["PYTHONPATH"] = remote_wheel  # run exactly the uploaded code with this venv's deps
+        # ... and this machine's caches, as its venv (a fresh matplotlib font cache costs ~10 s)
+        env["MPLCONFIGDIR"] = str(ctx.settings.home / "cache" / "matplotlib")
+        # Local instances share this machine's cores: oversubscribed BLAS threads made a tiny
+        # job train ~4x slower with three jobs on two cores.
+        jobs = len(ctx.store.sweep(ctx.ref.sweep_id).job_ids)
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    else:
+        marker, venv = q(remote_wheel + ".installed"), q(layout.venv)
+        install = (
+            f"if [ ! -f {marker} ]; then\n"
+            f"  [ -x {venv}/bin/python ] || python3 -m venv --system-site-packages {venv}\n"
+            f"  {venv}/bin/python -m pip install --quiet {q(remote_wheel)}\n"
+            f"  touch {marker}\n"
+            "fi\n"
+        )
+    exports = " ".join(f"{k}={q(v)}" for k, v in env.items())
+    worker = [
+        worker_python(instance, ctx.settings),
+        "-m",
+        "celery",
+        "-A",
+        "queue_app.celery_app",
+        "worker",
+        "-Q",
+        train_queue(instance.instance_id),
+        "-c",
+        "1",
+        "-n",
+        hostname,
+        "-E",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        ctx.settings.log_level,
+    ]
+    return (
+        "#!/bin/sh\n# Written by saefleet's bootstrap: installs and runs the GPU-side worker.\n"
+        f"set -eu\ncd {q(layout.workdir)}\n{install}"
+        "set -a\n. ./secrets.env\nset +a\n"
+        f"export {exports}\n"
+        f"exec {' '.join(q(a) for a in worker)}\n"
+    )
+
+
+def _start_worker(ssh: SSHSession, layout: RemoteLayout) -> None:
+    """Start the worker in its own session unless it already runs (idempotent)."""
+    q = shlex.quote
+    pid, log_file = q(layout.worker_pid), q(layout.worker_log)
+    ssh.run(
+        f"cd {q(layout.workdir)} && "
+        f'if [ -f {pid} ] && kill -0 "$(cat {pid})" 2>/dev/null; then exit 0; fi; '
+        f"setsid nohup sh {q(layout.start_script)} >> {log_file} 2>&1 < /dev/null & "
+        f"echo $! > {pid}",
+        check=True,
+        timeout=30,
+    )
+
+
+def _check_worker(
+    ctx: StageContext, instance: InstanceRecord, layout: RemoteLayout, waited: float
+) -> None:
+    """Fail with the worker's log when it died or never answered."""
+    q = shlex.quote
+    with open_ssh(instance, ctx.settings) as ssh:
+        alive = ssh.run(f'kill -0 "$(cat {q(layout.worker_pid)})" 2>/dev/null').exit_status == 0
+        if alive and waited < ctx.settings.worker_start_timeout_s:
+            return
+        tail = ssh.run(f"tail -n {LOG_TAIL_LINES} {q(layout.worker_log)}").stdout.strip()
+    what = "exited during start-up" if not alive else f"did not answer within {waited:.0f}s"
+    raise StageFailed(f"the GPU-side worker {what}; its log ends:\n{tail[-1500:]}")

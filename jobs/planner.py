@@ -1,0 +1,399 @@
+"""Where a job runs and what a sweep will cost.
+
+- `plan_launch` (the provision stage): every (type, region, capacity) a job's next attempt may
+  launch on, cheapest first across types and regions: the capacity failover order.
+- `plan_sweep` (`saefleet plan`, `sweep submit`): for a sweep file, the instance types that fit,
+  their price and regions, the estimated hours and dollars per job and for the whole sweep,
+  the pick `submit` would make, and where the prices came from (live, the dated built-in
+  catalog with a stale warning, or the local provider's `price_per_hour`).
+
+Spot: a job asking for spot (or `auto`) gets on-demand where the provider offers no spot price
+(Lambda offers none); the plan says so.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+from jobs.catalog import CATALOGS
+from jobs.providers.base import Capacity, InstanceType, Provider
+from jobs.providers.errors import ProviderError
+from jobs.providers.local import INSTANCE_TYPE as LOCAL_TYPE
+from jobs.providers.local import REGION as LOCAL_REGION
+from jobs.providers.local import SPOT_PRICE_FRACTION
+from jobs.spec import JobConfig, JobSpec, ProviderSpec, SweepSpec
+from jobs.throughput import Throughput, estimate, gpu_device, model_shape
+
+# Billed time around training on a cloud instance: booting (the seed guide: 5-10 min) plus
+# bootstrap and the model download (an assumption: ~5 min for a 16 GB model).
+CLOUD_SETUP_HOURS = 0.25
+
+PriceSource = Literal["live", "catalog", "spec"]
+
+
+class PlanError(ValueError):
+    """The sweep's cost cannot be estimated; the message says why."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Candidate(_Frozen):
+    """One place a job could launch, with the price it would pay there."""
+
+    instance_type: str
+    region: str
+    capacity: Capacity
+    price_per_hour: float
+    gpu_memory_gb: float
+
+
+@runtime_checkable
+class FileSystemRegions(Protocol):
+    """A provider whose persistent filesystems live in one region each."""
+
+    def file_system_region(self, name: str) -> str: ...
+
+
+def capacity_for(config: JobConfig, preemptions: int, spot_offered: bool) -> Capacity:
+    """The capacity an attempt asks for, given the job's policy and preemptions so far."""
+    if config.capacity == "on_demand" or not spot_offered:
+        return "on_demand"
+    if config.capacity == "auto" and preemptions >= config.max_preemptions:
+        return "on_demand"
+    return "spot"
+
+
+def fits(config: JobConfig, itype: InstanceType) -> bool:
+    """The type has the GPUs and GPU memory the job needs (anything fits a CPU-only job)."""
+    if not config.gpu.require_gpu:
+        return True
+    return itype.gpu_count >= config.gpu.count and itype.gpu_memory_gb >= config.gpu.min_vram_gb
+
+
+def candidates(
+    config: JobConfig,
+    provider_spec: ProviderSpec,
+    types: list[InstanceType],
+    capacity: Capacity,
+) -> list[Candidate]:
+    """Every (type, region) that fits the job and has capacity now, cheapest first."""
+    out = []
+    for itype in _allowed(config, provider_spec, types):
+        price = itype.price_per_hour
+        if capacity == "spot":
+            if itype.spot_price_per_hour is None:
+                continue
+            price = itype.spot_price_per_hour
+        for region in itype.regions:
+            if provider_spec.regions and region not in provider_spec.regions:
+                continue
+            out.append(
+                Candidate(
+                    instance_type=itype.name,
+                    region=region,
+                    capacity=capacity,
+                    price_per_hour=price,
+                    gpu_memory_gb=itype.gpu_memory_gb,
+                )
+            )
+    return sorted(out, key=lambda c: (c.price_per_hour, c.instance_type, c.region))
+
+
+def plan_launch(
+    config: JobConfig, provider_spec: ProviderSpec, provider: Provider, preemptions: int
+) -> list[Candidate]:
+    """Candidates for the next attempt of a job on `provider`, in failover order. With a
+    persistent filesystem, only its region qualifies."""
+    types = provider.instance_types()
+    spot_offered = any(t.spot_price_per_hour is not None for t in types)
+    capacity = capacity_for(config, preemptions, spot_offered)
+    found = candidates(config, provider_spec, types, capacity)
+    if provider_spec.file_system and isinstance(provider, FileSystemRegions):
+        region = provider.file_system_region(provider_spec.file_system)
+        found = [c for c in found if c.region == region]
+    return found
+
+
+def _allowed(
+    config: JobConfig, provider_spec: ProviderSpec, types: list[InstanceType]
+) -> list[InstanceType]:
+    return [t for t in types if _usable(config, provider_spec, t)]
+
+
+def _usable(config: JobConfig, provider_spec: ProviderSpec, itype: InstanceType) -> bool:
+    """The spec allows the type and the job fits it. The local provider's one type runs
+    whatever it is given: `verify_gpu` decides there whether a GPU-bound job can run."""
+    if provider_spec.instance_types and itype.name not in provider_spec.instance_types:
+        return False
+    return itype.name == LOCAL_TYPE or fits(config, itype)
+
+
+# ---- sweep plans -------------------------------------------------------------------------------
+
+
+class TypeEstimate(_Frozen):
+    """One instance type that fits every job of the sweep, priced for the sweep."""
+
+    instance_type: str
+    description: str
+    gpu_memory_gb: float
+    price_per_hour: float
+    regions: list[str]
+    tokens_per_s: float | None
+    hours_per_job: float | None
+    cost_per_job_usd: float | None
+    sweep_cost_usd: float | None
+
+
+class JobEstimate(_Frozen):
+    """One job on the type `submit` would pick for it."""
+
+    index: int
+    name: str
+    total_tokens: int
+    instance_type: str | None
+    region: str | None
+    price_per_hour: float | None
+    tokens_per_s: float | None
+    hours: float | None
+    cost_usd: float | None
+    basis: str
+
+
+class SweepPlan(_Frozen):
+    """What `saefleet plan` shows and `sweep submit` checks against the budget."""
+
+    sweep: str
+    provider: str
+    capacity: Capacity
+    price_source: PriceSource
+    prices_as_of: date | None
+    setup_hours_per_job: float
+    warnings: list[str]
+    candidates: list[TypeEstimate]
+    pick: Candidate | None
+    jobs: list[JobEstimate]
+    estimated_hours: float | None
+    estimated_cost_usd: float | None
+    budget_usd: float | None
+
+    @property
+    def over_budget(self) -> bool:
+        return (
+            self.budget_usd is not None
+            and self.estimated_cost_usd is not None
+            and self.estimated_cost_usd > self.budget_usd
+        )
+
+    def budget_refusal(self) -> str | None:
+        """Why `submit` refuses this sweep without --force (one line), or None."""
+        if self.budget_usd is None:
+            return None
+        if self.estimated_cost_usd is None:
+            return (
+                f"cannot estimate the cost of sweep {self.sweep} against budget_usd "
+                f"${self.budget_usd:.2f} (see `saefleet plan`); pass --force to submit anyway"
+            )
+        if not self.over_budget:
+            return None
+        return (
+            f"estimated cost ${self.estimated_cost_usd:.2f} ({len(self.jobs)} jobs, "
+            f"{self.estimated_hours or 0:.1f} instance-hours) exceeds budget_usd "
+            f"${self.budget_usd:.2f}: raise budget_usd, shrink the grid, or pass --force"
+        )
+
+
+def plan_sweep(spec: SweepSpec, provider: Provider | None, today: date | None = None) -> SweepPlan:
+    """Plan `spec`: live prices from `provider` when given (the catalog when it fails or is
+    None), the spec's own price for the local provider. Raises SpecError for a bad grid."""
+    jobs = spec.expand()
+    types, source, as_of, warnings = _offers(spec, provider, today)
+    spot_offered = any(t.spot_price_per_hour is not None for t in types)
+    capacity = capacity_for(jobs[0].config, 0, spot_offered)
+    if not spot_offered:
+        warnings.append(f"{spec.provider.name} offers no spot instances: jobs run on-demand")
+    setup = _setup_hours(spec.provider)
+    estimates = [_job_estimate(job, spec.provider, types, capacity, setup) for job in jobs]
+    warnings += _job_warnings(jobs, spec.provider, types)
+    rows = _type_rows(jobs, spec.provider, types, setup)
+    first = candidates(jobs[0].config, spec.provider, types, capacity)
+    costs = [e.cost_usd for e in estimates]
+    hours = [e.hours for e in estimates]
+    return SweepPlan(
+        sweep=spec.name,
+        provider=spec.provider.name,
+        capacity=capacity,
+        price_source=source,
+        prices_as_of=as_of,
+        setup_hours_per_job=setup,
+        warnings=warnings,
+        candidates=rows,
+        pick=first[0] if first else None,
+        jobs=estimates,
+        estimated_hours=None if None in hours else sum(h or 0 for h in hours),
+        estimated_cost_usd=None if None in costs else sum(c or 0 for c in costs),
+        budget_usd=spec.budget_usd,
+    )
+
+
+def estimate_sweep_cost(spec: SweepSpec, provider: Provider | None) -> float:
+    """The sweep's estimated cost in USD (what `submit` compares with budget_usd)."""
+    plan = plan_sweep(spec, provider)
+    if plan.estimated_cost_usd is None:
+        raise PlanError("; ".join(plan.warnings) or f"cannot estimate the cost of {spec.name}")
+    return plan.estimated_cost_usd
+
+
+def _offers(
+    spec: SweepSpec, provider: Provider | None, today: date | None
+) -> tuple[list[InstanceType], PriceSource, date | None, list[str]]:
+    if spec.provider.name == "local":
+        price = spec.provider.price_per_hour or 0.0
+        local = InstanceType(
+            name=LOCAL_TYPE,
+            description="this machine (CPU)",
+            price_per_hour=price,
+            spot_price_per_hour=price * SPOT_PRICE_FRACTION,
+            regions=[LOCAL_REGION],
+        )
+        return provider.instance_types() if provider else [local], "spec", None, []
+    warnings = []
+    if provider is not None:
+        try:
+            return provider.instance_types(), "live", today or date.today(), []
+        except ProviderError as exc:
+            warnings.append(f"live prices unavailable ({exc}); using the built-in catalog")
+    catalog = CATALOGS[spec.provider.name]
+    warnings.append(catalog.stale_warning(today))
+    warnings.append("capacity unknown: catalog regions are where the type was listed")
+    return catalog.instance_types(), "catalog", catalog.as_of, warnings
+
+
+def _setup_hours(provider_spec: ProviderSpec) -> float:
+    if provider_spec.name == "local":
+        return provider_spec.boot_delay_s / 3600
+    return CLOUD_SETUP_HOURS
+
+
+def _throughput(config: JobConfig, itype: InstanceType) -> Throughput | None:
+    shape = model_shape(config.model)
+    if shape is None:
+        return None
+    device = gpu_device(itype.gpu_description or itype.description) if itype.gpu_count else None
+    if itype.gpu_count and device is None:
+        return None
+    return estimate(config, shape, device)
+
+
+def _hours(config: JobConfig, throughput: Throughput | None, setup: float) -> float | None:
+    if throughput is None:
+        return None
+    return config.train.total_tokens / throughput.tokens_per_s / 3600 + setup
+
+
+def _job_estimate(
+    job: JobSpec,
+    provider_spec: ProviderSpec,
+    types: list[InstanceType],
+    capacity: Capacity,
+    setup: float,
+) -> JobEstimate:
+    config = job.config
+    found = candidates(config, provider_spec, types, capacity)
+    if found:
+        itype = next(t for t in types if t.name == found[0].instance_type)
+        region: str | None = found[0].region
+        price = found[0].price_per_hour
+    else:  # nothing has capacity now: price the cheapest type that fits
+        fitting = sorted(_allowed(config, provider_spec, types), key=lambda t: t.price_per_hour)
+        if not fitting:
+            return JobEstimate(
+                index=job.index,
+                name=job.name,
+                total_tokens=config.train.total_tokens,
+                instance_type=None,
+                region=None,
+                price_per_hour=None,
+                tokens_per_s=None,
+                hours=None,
+                cost_usd=None,
+                basis="no instance type fits",
+            )
+        itype, region, price = fitting[0], None, fitting[0].price_per_hour
+    throughput = _throughput(config, itype)
+    hours = _hours(config, throughput, setup)
+    return JobEstimate(
+        index=job.index,
+        name=job.name,
+        total_tokens=config.train.total_tokens,
+        instance_type=itype.name,
+        region=region,
+        price_per_hour=price,
+        tokens_per_s=throughput.tokens_per_s if throughput else None,
+        hours=hours,
+        cost_usd=None if hours is None else hours * price,
+        basis=throughput.basis if throughput else "no throughput estimate",
+    )
+
+
+def _type_rows(
+    jobs: list[JobSpec], provider_spec: ProviderSpec, types: list[InstanceType], setup: float
+) -> list[TypeEstimate]:
+    rows = []
+    for itype in sorted(types, key=lambda t: (t.price_per_hour, t.name)):
+        if not all(_usable(j.config, provider_spec, itype) for j in jobs):
+            continue
+        hours = [_hours(j.config, _throughput(j.config, itype), setup) for j in jobs]
+        known = None not in hours
+        total = sum(h or 0 for h in hours)
+        first = _throughput(jobs[0].config, itype)
+        regions = [r for r in itype.regions if r in (provider_spec.regions or itype.regions)]
+        rows.append(
+            TypeEstimate(
+                instance_type=itype.name,
+                description=itype.description,
+                gpu_memory_gb=itype.gpu_memory_gb,
+                price_per_hour=itype.price_per_hour,
+                regions=regions,
+                tokens_per_s=first.tokens_per_s if first else None,
+                hours_per_job=hours[0],
+                cost_per_job_usd=None if hours[0] is None else hours[0] * itype.price_per_hour,
+                sweep_cost_usd=total * itype.price_per_hour if known else None,
+            )
+        )
+    return rows
+
+
+def _job_warnings(
+    jobs: list[JobSpec], provider_spec: ProviderSpec, types: list[InstanceType]
+) -> list[str]:
+    warnings: list[str] = []
+    for model in sorted({j.config.model for j in jobs}):
+        shape = model_shape(model)
+        if shape is None:
+            warnings.append(
+                f"no architecture known for model {model}: hours and cost are not estimated "
+                "(use a local model directory with a config.json, or add it to "
+                "jobs/throughput.py KNOWN_MODELS)"
+            )
+            continue
+        too_deep = sorted({j.config.layer for j in jobs if j.config.layer >= shape.n_layers})
+        if too_deep:
+            warnings.append(f"{model} has {shape.n_layers} layers; layer {too_deep} is beyond it")
+    if not any(_allowed(j.config, provider_spec, types) for j in jobs):
+        need = jobs[0].config.gpu
+        warnings.append(
+            f"no {provider_spec.name} instance type fits: jobs need {need.count} GPU(s) with "
+            f"{need.min_vram_gb:g} GB each"
+        )
+    if provider_spec.name == "local" and any(j.config.gpu.require_gpu for j in jobs):
+        warnings.append(
+            "local estimates use a CPU figure; jobs with gpu.require_gpu: true fail "
+            "verification on a machine without a CUDA GPU"
+        )
+    return warnings

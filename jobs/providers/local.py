@@ -1,0 +1,456 @@
+"""The local provider: each instance is a real OpenSSH `sshd` on a loopback port, so the same
+SSH, SFTP, worker and liveness code runs as on a cloud, with no account.
+
+The provider's truth lives on disk, never in Redis, so every process sees the same fleet:
+
+    <root>/<instance_id>/instance.json    the record (written atomically)
+                         sshd_config, ssh_host_ed25519_key, authorized_keys, sshd.pid, sshd.log
+                         home/            the instance's home and workdir (HOME in sessions)
+
+sshd hands every session `SAEFLEET_LOCAL_INSTANCE=<id>` (SetEnv); that marker survives
+`setsid nohup` and lets terminate/preempt find and stop what ran on the instance, together with
+the descendants of the instance's sshd. Sessions start in the user's own home directory
+(sshd's choice), so commands should use absolute paths or `cd "$HOME"`.
+
+Statuses: booting (until boot_delay_s has passed), active, unhealthy (its sshd died without
+terminate/preempt), terminated, preempted. Spot instances die on their own schedule when
+`preempt_rate` > 0: a preemption time drawn at launch takes effect when get()/list() see it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import fcntl
+import logging
+import os
+import pwd
+import random
+import re
+import secrets
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ValidationError
+
+from jobs.providers.base import (
+    INSTANCE_NAME_PREFIX,
+    Capacity,
+    Instance,
+    InstanceStatus,
+    InstanceType,
+    LaunchRequest,
+)
+from jobs.providers.errors import (
+    InvalidRequest,
+    NotFound,
+    PermanentProviderError,
+    ProviderError,
+)
+from jobs.ssh import SSHError, ensure_keypair
+from queue_app.processes import ProcessError, cmdline, free_port, pid_alive, spawn_detached
+from queue_app.processes import sshd_binary as find_sshd
+
+log = logging.getLogger(__name__)
+
+INSTANCE_TYPE = "local-cpu"
+REGION = "local"
+HOST = "127.0.0.1"
+SPOT_PRICE_FRACTION = 0.35
+"""Spot price as a fraction of the on-demand price (typical cloud spot discounts: 60-70 %)."""
+INSTANCE_ENV_VAR = "SAEFLEET_LOCAL_INSTANCE"
+"""Set in every session of an instance; marks the processes that belong to it."""
+TERMINATE_GRACE_S = 5.0
+"""terminate() sends SIGTERM, then SIGKILL to what is left after this long."""
+SSHD_START_TIMEOUT_S = 10.0
+SSHD_PRIVSEP_DIR = Path("/run/sshd")
+_INSTANCE_ID = re.compile(r"local-[0-9a-f]{8}")
+_PORT_ATTEMPTS = 5
+_KILL_ROUNDS = 20
+
+
+class _InstanceRecord(BaseModel):
+    """What `instance.json` holds."""
+
+    id: str
+    name: str
+    capacity: Capacity
+    price_per_hour: float
+    user: str
+    port: int
+    sshd_pid: int
+    launched_at: float
+    ready_at: float
+    preempt_at: float | None = None
+    ended: Literal["terminated", "preempted"] | None = None
+    ended_at: float | None = None
+
+
+def preemption_delay_s(name: str, rate_per_hour: float) -> float | None:
+    """Seconds after launch at which a spot instance named `name` is preempted: exponential
+    with `rate_per_hour` expected preemptions per instance-hour, seeded from the name so runs
+    are reproducible; None when the rate is 0."""
+    if rate_per_hour <= 0:
+        return None
+    return random.Random(name).expovariate(rate_per_hour) * 3600.0
+
+
+class LocalProvider:
+    """Instances as sshd processes on this machine (see the module docstring)."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        price_per_hour: float = 0.0,
+        boot_delay_s: float = 0.0,
+        preempt_rate: float = 0.0,
+    ) -> None:
+        self._root = root
+        self._price_per_hour = price_per_hour
+        self._boot_delay_s = boot_delay_s
+        self._preempt_rate = preempt_rate
+
+    def instance_types(self) -> builtins.list[InstanceType]:
+        """One CPU type; it always has capacity, on demand and spot."""
+        return [
+            InstanceType(
+                name=INSTANCE_TYPE,
+                description="An sshd on loopback with its own home directory (no GPU).",
+                gpu_description="none",
+                price_per_hour=self._price_per_hour,
+                spot_price_per_hour=self._price_per_hour * SPOT_PRICE_FRACTION,
+                regions=[REGION],
+            )
+        ]
+
+    def launch(self, request: LaunchRequest) -> Instance:
+        """Start an instance named `request.name`, or return the live one with that name."""
+        _validate(request)
+        with _disk_errors("launch"):
+            self._root.mkdir(parents=True, exist_ok=True)
+            with _locked(self._root / ".launch.lock"):
+                for record in self._records():
+                    if record.name == request.name:
+                        instance = self._observe(record)
+                        if not instance.status.gone:
+                            return instance
+                record = self._start(request)
+        log.info("launched local instance %s (%s) on port %d", record.id, record.name, record.port)
+        return self._observe(record)
+
+    def get(self, instance_id: str) -> Instance:
+        with _disk_errors(f"get {instance_id}"):
+            return self._observe(self._load(instance_id))
+
+    def list(self, include_foreign: bool = False) -> builtins.list[Instance]:
+        """Instances that are not gone, ours only (names with our prefix) unless told."""
+        with _disk_errors("list"):
+            instances = [self._observe(record) for record in self._records()]
+        return [
+            instance
+            for instance in instances
+            if not instance.status.gone
+            and (include_foreign or instance.name.startswith(INSTANCE_NAME_PREFIX))
+        ]
+
+    def terminate(self, instance_id: str) -> None:
+        """Stop sshd and every process of the instance (SIGTERM, then SIGKILL); its directory
+        stays. An instance that is gone already (terminated, preempted, unknown) is success."""
+        try:
+            self._end(instance_id, "terminated", grace_s=TERMINATE_GRACE_S)
+        except NotFound:
+            log.info("local instance %s is already gone (unknown)", instance_id)
+
+    def preempt(self, instance_id: str) -> None:
+        """Kill the instance abruptly (SIGKILL to sshd and all its processes), as a cloud
+        reclaiming a spot instance would."""
+        self._end(instance_id, "preempted", grace_s=0.0)
+
+    # ---- records --------------------------------------------------------------------------
+
+    def _dir(self, instance_id: str) -> Path:
+        return self._root / instance_id
+
+    def _load(self, instance_id: str) -> _InstanceRecord:
+        path = self._dir(instance_id) / "instance.json"
+        if not _INSTANCE_ID.fullmatch(instance_id) or not path.is_file():
+            raise NotFound(f"local instance {instance_id!r} does not exist under {self._root}")
+        try:
+            return _InstanceRecord.model_validate_json(path.read_text())
+        except ValidationError as exc:
+            raise PermanentProviderError(f"corrupt instance record {path}: {exc}") from exc
+
+    def _records(self) -> Iterator[_InstanceRecord]:
+        if not self._root.is_dir():
+            return
+        for entry in sorted(self._root.iterdir()):
+            if _INSTANCE_ID.fullmatch(entry.name) and (entry / "instance.json").is_file():
+                yield self._load(entry.name)
+
+    def _save(self, record: _InstanceRecord) -> None:
+        path = self._dir(record.id) / "instance.json"
+        tmp = path.with_name(f".instance.json.{secrets.token_hex(4)}")
+        tmp.write_text(record.model_dump_json(indent=2))
+        os.replace(tmp, path)
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    def _start(self, request: LaunchRequest) -> _InstanceRecord:
+        """Create the instance directory, start its sshd, write its record."""
+        instance_id = f"local-{secrets.token_hex(4)}"
+        directory = self._dir(instance_id)
+        (directory / "home").mkdir(parents=True)
+        ensure_keypair(directory, "ssh_host_ed25519_key")
+        authorized_keys = directory / "authorized_keys"
+        authorized_keys.write_text(request.ssh_public_key.strip() + "\n")
+        authorized_keys.chmod(0o600)
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        sshd_pid, port = _start_sshd(directory, instance_id, user)
+        launched_at = time.time()
+        delay = preemption_delay_s(request.name, self._preempt_rate)
+        record = _InstanceRecord(
+            id=instance_id,
+            name=request.name,
+            capacity=request.capacity,
+            price_per_hour=self._price_per_hour
+            * (SPOT_PRICE_FRACTION if request.capacity == "spot" else 1.0),
+            user=user,
+            port=port,
+            sshd_pid=sshd_pid,
+            launched_at=launched_at,
+            ready_at=launched_at + self._boot_delay_s,
+            preempt_at=launched_at + delay
+            if delay is not None and request.capacity == "spot"
+            else None,
+        )
+        self._save(record)
+        return record
+
+    def _observe(self, record: _InstanceRecord) -> Instance:
+        """The instance as a cloud would report it now (applying a preemption that is due)."""
+        now = time.time()
+        if record.ended is None and record.preempt_at is not None and now >= record.preempt_at:
+            log.info("local instance %s reached its preemption time", record.id)
+            self.preempt(record.id)
+            record = self._load(record.id)
+        if record.ended is not None:
+            status = InstanceStatus(record.ended)
+        elif self._sshd_pid(record) is None:
+            status = InstanceStatus.UNHEALTHY
+        elif now < record.ready_at:
+            status = InstanceStatus.BOOTING
+        else:
+            status = InstanceStatus.ACTIVE
+        reachable = status in (InstanceStatus.ACTIVE, InstanceStatus.UNHEALTHY)
+        return Instance(
+            id=record.id,
+            name=record.name,
+            status=status,
+            instance_type=INSTANCE_TYPE,
+            region=REGION,
+            capacity=record.capacity,
+            price_per_hour=record.price_per_hour,
+            host=HOST if reachable else None,
+            ssh_port=record.port,
+            ssh_user=record.user,
+            workdir=str((self._dir(record.id) / "home").absolute()),
+        )
+
+    def _sshd_pid(self, record: _InstanceRecord) -> int | None:
+        """The pid of the instance's sshd if it still runs (and is that sshd, not a reuse)."""
+        config = str(self._dir(record.id) / "sshd_config")
+        pid = record.sshd_pid
+        return pid if pid_alive(pid) and config in cmdline(pid) else None
+
+    def _end(
+        self, instance_id: str, how: Literal["terminated", "preempted"], grace_s: float
+    ) -> None:
+        with _disk_errors(f"stopping {instance_id}"):
+            self._load(instance_id)  # NotFound before touching its directory
+            with _locked(self._dir(instance_id) / ".lock"):
+                record = self._load(instance_id)
+                if record.ended is not None:
+                    return
+                _stop_processes(instance_id, self._dir(instance_id) / "sshd_config", grace_s)
+                self._save(record.model_copy(update={"ended": how, "ended_at": time.time()}))
+        log.info("local instance %s %s", instance_id, how)
+
+
+def _validate(request: LaunchRequest) -> None:
+    if request.instance_type != INSTANCE_TYPE:
+        raise InvalidRequest(
+            f"instance_type {request.instance_type!r}: the local provider offers only "
+            f"{INSTANCE_TYPE!r}"
+        )
+    if request.region != REGION:
+        raise InvalidRequest(f"region {request.region!r}: the local provider has only {REGION!r}")
+    key = request.ssh_public_key.strip()
+    if "\n" in key or "\r" in key or len(key.split()) < 2:
+        raise InvalidRequest("ssh_public_key must be one OpenSSH public key line")
+
+
+@contextmanager
+def _disk_errors(what: str) -> Iterator[None]:
+    """Map failures of files, processes and key generation onto provider errors."""
+    try:
+        yield
+    except ProviderError:
+        raise
+    except (ProcessError, SSHError) as exc:
+        raise PermanentProviderError(f"local provider: {what}: {exc}") from exc
+    except OSError as exc:
+        raise ProviderError(f"local provider: {what}: {exc}") from exc
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive flock held for the block (across processes and threads)."""
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+# ---- sshd -----------------------------------------------------------------------------------
+
+
+def _sshd_config(directory: Path, instance_id: str, user: str, port: int) -> str:
+    return f"""\
+Port {port}
+ListenAddress {HOST}
+HostKey "{directory / "ssh_host_ed25519_key"}"
+PidFile "{directory / "sshd.pid"}"
+AuthorizedKeysFile "{directory / "authorized_keys"}"
+AllowUsers {user}
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+X11Forwarding no
+PrintMotd no
+ClientAliveInterval 15
+ClientAliveCountMax 4
+Subsystem sftp internal-sftp
+SetEnv {INSTANCE_ENV_VAR}={instance_id} "HOME={directory / "home"}"
+"""
+
+
+def _start_sshd(directory: Path, instance_id: str, user: str) -> tuple[int, int]:
+    """Start the instance's sshd detached (it outlives us, like a VM) on a free loopback port;
+    returns (pid, port) once it listens."""
+    sshd = find_sshd()
+    if os.geteuid() == 0:
+        SSHD_PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)  # sshd as root refuses to start without
+    config, log_path = directory / "sshd_config", directory / "sshd.log"
+    for _ in range(_PORT_ATTEMPTS):
+        port = free_port(HOST)
+        config.write_text(_sshd_config(directory, instance_id, user, port))
+        log_start = log_path.stat().st_size if log_path.exists() else 0
+        pid = spawn_detached([sshd, "-D", "-e", "-f", str(config)], log_path, env=_sshd_env())
+        failure = _await_listening(pid, port, log_path, log_start)
+        if failure is None:
+            return pid, port
+        if "Address already in use" not in failure:  # else another process took the port
+            tail = " | ".join(failure.strip().splitlines()[-3:])
+            raise PermanentProviderError(f"sshd of {instance_id} did not start: {tail}")
+    raise ProviderError(f"sshd of {instance_id}: no free port after {_PORT_ATTEMPTS} tries")
+
+
+def _await_listening(pid: int, port: int, log_path: Path, log_start: int) -> str | None:
+    """None once sshd logs that it listens; its log output if it exited instead."""
+    listening = f"Server listening on {HOST} port {port}"
+    deadline = time.monotonic() + SSHD_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        output = log_path.read_bytes()[log_start:].decode(errors="replace")
+        if listening in output:
+            return None
+        if not pid_alive(pid):
+            return output
+        time.sleep(0.02)
+    _signal_all({pid}, signal.SIGKILL)
+    raise ProviderError(f"sshd (pid {pid}) not listening after {SSHD_START_TIMEOUT_S:g}s")
+
+
+def _sshd_env() -> dict[str, str]:
+    """sshd builds each session's environment itself; it needs nothing of ours."""
+    return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
+
+
+# ---- the instance's processes -----------------------------------------------------------------
+
+
+def _instance_pids(instance_id: str, sshd_config: Path) -> set[int]:
+    """Live processes of the instance: its sshd (recognised by its config path) with all
+    descendants (connections, sessions), and every process whose environment carries the
+    instance marker (detached ones included)."""
+    marker = f"{INSTANCE_ENV_VAR}={instance_id}".encode()
+    config = str(sshd_config).encode()
+    children: dict[int, list[int]] = {}
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            environ = (entry / "environ").read_bytes()
+            argv = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone, or not ours to read
+        if fields[0] == "Z":
+            continue
+        pid = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        if marker in environ.split(b"\0") or _is_sshd_with_config(argv, config):
+            found.add(pid)
+    pending = list(found)
+    while pending:
+        pid = pending.pop()
+        found.add(pid)
+        pending.extend(children.get(pid, []))
+    found.discard(os.getpid())
+    return found
+
+
+def _is_sshd_with_config(argv: bytes, config: bytes) -> bool:
+    """True for an sshd started with `config` (also after it retitled itself "sshd: ...")."""
+    program = argv.split(b"\0")[0].split(b" ")[0].rstrip(b":")
+    return program.rsplit(b"/", 1)[-1] == b"sshd" and config in argv
+
+
+def _stop_processes(instance_id: str, sshd_config: Path, grace_s: float) -> None:
+    """SIGTERM the instance's processes and wait up to `grace_s`, then SIGKILL whatever is
+    left, rescanning until nothing of the instance runs (catches forks in flight)."""
+    if grace_s > 0:
+        pids = _instance_pids(instance_id, sshd_config)
+        _signal_all(pids, signal.SIGTERM)
+        _wait_gone(pids, grace_s)
+    for _ in range(_KILL_ROUNDS):
+        pids = _instance_pids(instance_id, sshd_config)
+        if not pids:
+            return
+        _signal_all(pids, signal.SIGKILL)
+        _wait_gone(pids, 1.0)
+    raise ProviderError(f"processes of local instance {instance_id} survive SIGKILL: {pids}")
+
+
+def _signal_all(pids: set[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _wait_gone(pids: set[int], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for pid in pids:
+            with suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # reap our own children (an sshd we spawned)
+        if not any(pid_alive(pid) for pid in pids):
+            return
+        time.sleep(0.02)

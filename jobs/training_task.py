@@ -1,0 +1,155 @@
+"""`train_segment`: the one task the GPU-side worker runs (only that worker loads this module).
+
+It trains for at most `segment_minutes` (or until done, or told to stop), writes a checkpoint,
+and records the outcome in the attempt record for `supervise_training` to pull. The LM and data
+stream stay cached in this worker process between segments. It is acknowledged on receipt: a
+segment lost with its instance is recovered by the watchdog (fencing + resume), never by
+redelivery.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import redis
+from celery import Task
+
+from jobs.spec import JobConfig
+from queue_app.celery_app import TRAIN_SEGMENT_TASK, app
+from queue_app.logs import log_context, redact
+from queue_app.state import StaleAttempt, Store, get_store
+
+if TYPE_CHECKING:
+    from sae.run import TrainingRun
+
+log = logging.getLogger(__name__)
+
+STOP_CHECK_INTERVAL_S = 2.0
+FINISH_RETRY_S = 10 * 60.0
+_runs: dict[tuple[str, int], TrainingRun] = {}
+
+
+class RunControl:
+    """The trainer's view of the fleet: the stop flag (read at most every 2 s) and progress.
+
+    `should_stop` is true once the watchdog or a user asked the job to stop, or once this
+    attempt is no longer the job's attempt (the job was resumed elsewhere)."""
+
+    def __init__(self, store: Store, job_id: str, attempt: int) -> None:
+        self.store, self.job_id, self.attempt = store, job_id, attempt
+        self._checked = 0.0
+        self._stop = False
+
+    def should_stop(self) -> bool:
+        now = time.monotonic()
+        if not self._stop and now - self._checked >= STOP_CHECK_INTERVAL_S:
+            self._checked = now
+            job = self.store.job(self.job_id)
+            self._stop = job.attempt != self.attempt or bool(job.stop_requested)
+        return self._stop
+
+    def on_progress(self, progress: dict[str, Any]) -> None:
+        """Record the trainer's progress (the trainer already reports every few seconds)."""
+        try:
+            self.store.update_job(
+                self.job_id, self.attempt, progress={**progress, "updated_at": time.time()}
+            )
+        except StaleAttempt:
+            self._stop = True
+
+
+def _training_run(job_id: str, attempt: int, workdir: Path) -> TrainingRun:
+    from sae.run import TrainingRun
+
+    key = (job_id, attempt)
+    if key not in _runs:
+        _runs.clear()  # one job per instance: drop anything older
+        config = JobConfig.model_validate_json((workdir / "job.json").read_text())
+        _runs[key] = TrainingRun(config.run_config(), workdir / "run")
+    return _runs[key]
+
+
+@app.task(
+    bind=True,
+    name=TRAIN_SEGMENT_TASK,
+    acks_late=False,
+    reject_on_worker_lost=False,
+    ignore_result=True,
+)
+def train_segment(task: Task, job_id: str, attempt: int, segment: int, instance_id: str) -> None:
+    """Train one segment of `job_id`'s `attempt` and record its checkpoint."""
+    store = get_store()
+    workdir = Path(os.environ["SAEFLEET_WORKDIR"])
+    with log_context(job=job_id, attempt=attempt, instance=instance_id):
+        try:
+            if not store.start_segment(job_id, attempt, segment):
+                log.info("segment %d: duplicate or late message; ignored", segment)
+                return
+        except StaleAttempt:
+            log.info("segment %d belongs to a stale attempt; ignored", segment)
+            return
+        config = JobConfig.model_validate_json((workdir / "job.json").read_text())
+        control = RunControl(store, job_id, attempt)
+        try:
+            run = _training_run(job_id, attempt, workdir)
+            result = run.train(
+                max_seconds=config.segment_minutes * 60,
+                should_stop=control.should_stop,
+                on_progress=control.on_progress,
+                heartbeat_path=workdir / "run" / "heartbeat.json",
+            )
+        except Exception as exc:
+            log.exception("segment %d failed", segment)
+            _finish(
+                store,
+                job_id,
+                attempt,
+                segment,
+                "failed",
+                segment_error=redact(f"{type(exc).__name__}: {exc}")[:2000],
+            )
+            return
+        checkpoint = Path(result.checkpoint).resolve().relative_to((workdir / "run").resolve())
+        _finish(
+            store,
+            job_id,
+            attempt,
+            segment,
+            "done",
+            segment_checkpoint=checkpoint.as_posix(),
+            segment_done=result.done,
+            segment_stopped=result.stopped and not result.done,
+        )
+        log.info(
+            "segment %d done at step %d (%s)",
+            segment,
+            result.step,
+            "finished" if result.done else "stopped" if result.stopped else "time up",
+        )
+
+
+def _finish(
+    store: Store, job_id: str, attempt: int, segment: int, status: str, **fields: Any
+) -> None:
+    """Record the segment's outcome, riding out a Redis outage (e.g. the SSH tunnel being
+    re-established) for up to FINISH_RETRY_S, because only this record tells the supervisor
+    that the checkpoint on disk is ready to pull."""
+    deadline = time.monotonic() + FINISH_RETRY_S
+    delay = 1.0
+    while True:
+        try:
+            store.finish_segment(job_id, attempt, segment, status, **fields)
+            return
+        except StaleAttempt:
+            log.info("segment %d finished after its attempt went stale", segment)
+            return
+        except redis.exceptions.ConnectionError as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("recording segment %d: %s; retrying in %.0fs", segment, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)

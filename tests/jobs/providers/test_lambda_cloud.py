@@ -1,0 +1,695 @@
+"""LambdaCloud: error mapping, retries, pacing, idempotent launch and secrecy of the key.
+
+Unit tests drive the client through httpx.MockTransport; integration tests talk real HTTP to
+tests/support/fake_lambda.py on loopback.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from jobs.planner import plan_launch
+from jobs.providers import (
+    AuthError,
+    CapacityError,
+    Instance,
+    InstanceStatus,
+    InvalidRequest,
+    LaunchRequest,
+    NotFound,
+    ProviderError,
+    QuotaError,
+    RateLimited,
+)
+from jobs.providers.lambda_cloud import (
+    LAMBDA_RATES,
+    LambdaCloud,
+    RetryPolicy,
+    from_settings,
+    gpu_memory_gb,
+    shared_pacer,
+)
+from jobs.providers.pacing import Pacer, Rate
+from jobs.spec import JobConfig, ProviderSpec
+from queue_app.processes import free_port
+from queue_app.settings import Settings
+from tests.support.fake_lambda import FakeLambda, running_fake_lambda
+
+KEY = "lk-test-9f8e7d6c5b4a39281706"
+BASE = "https://lambda.test/api/v1"
+PUBLIC_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeFakeFakeFakeFakeFakeFakeFakeFakeFake saefleet"
+)
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def no_pacing() -> Pacer:
+    return Pacer({"request": Rate(0.0), "launch": Rate(0.0)})
+
+
+class Sleeps(list[float]):
+    """A RetryPolicy sleep that records the waits instead of waiting."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+def policy(sleeps: Sleeps | None = None, **overrides: Any) -> RetryPolicy:
+    return RetryPolicy(sleep=sleeps if sleeps is not None else Sleeps(), **overrides)
+
+
+def mock_cloud(handler: Handler, sleeps: Sleeps | None = None, **retry: Any) -> LambdaCloud:
+    return LambdaCloud(
+        KEY,
+        BASE,
+        timeout=5,
+        pacer=no_pacing(),
+        retry=policy(sleeps, **retry),
+        transport=httpx.MockTransport(handler),
+    )
+
+
+def data(payload: Any, status: int = 200) -> httpx.Response:
+    return httpx.Response(status, json={"data": payload})
+
+
+def error(status: int, code: str, message: str = "nope", **headers: str) -> httpx.Response:
+    body = {"error": {"code": code, "message": message, "suggestion": None}}
+    return httpx.Response(status, json=body, headers=headers)
+
+
+def wire_instance(
+    instance_id: str, name: str, status: str = "active", ip: str | None = "10.1.2.3"
+) -> dict[str, Any]:
+    return {
+        "id": instance_id,
+        "name": name,
+        "ip": ip,
+        "status": status,
+        "region": {"name": "us-east-1", "description": "Virginia"},
+        "instance_type": {
+            "name": "gpu_1x_a100",
+            "description": "1x A100 (40 GB PCIe)",
+            "gpu_description": "A100 (40 GB PCIe)",
+            "price_cents_per_hour": 129,
+            "specs": {"vcpus": 30, "memory_gib": 200, "storage_gib": 512, "gpus": 1},
+        },
+        "ssh_key_names": ["saefleet"],
+        "file_system_names": [],
+    }
+
+
+def request(name: str = "sf-job1-1", **fields: Any) -> LaunchRequest:
+    values: dict[str, Any] = {
+        "name": name,
+        "instance_type": "gpu_1x_a100",
+        "region": "us-east-1",
+        "ssh_public_key": PUBLIC_KEY,
+        **fields,
+    }
+    return LaunchRequest(**values)
+
+
+# ---- error mapping -----------------------------------------------------------------------------
+
+ERROR_CODES = [
+    (401, "global/invalid-api-key", AuthError, False),
+    (403, "global/account-inactive", AuthError, False),
+    (400, "global/invalid-parameters", InvalidRequest, False),
+    (404, "global/object-does-not-exist", NotFound, False),
+    (400, "global/quota-exceeded", QuotaError, False),
+    (400, "instance-operations/launch/insufficient-capacity", CapacityError, False),
+    (400, "instance-operations/launch/file-system-in-wrong-region", InvalidRequest, False),
+    (400, "ssh-keys/key-in-use", InvalidRequest, False),
+    (500, "global/unknown", ProviderError, True),
+    (400, "some/new-code", InvalidRequest, False),
+    (503, "some/new-code", ProviderError, True),
+]
+
+
+@pytest.mark.parametrize(("status", "code", "kind", "retried"), ERROR_CODES)
+def test_error_codes_map_to_our_errors_and_only_transient_ones_are_retried(
+    status: int, code: str, kind: type[ProviderError], retried: bool
+) -> None:
+    calls: list[httpx.Request] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        calls.append(req)
+        return error(status, code, message="the parameter region_name is bad")
+
+    cloud = mock_cloud(handler, max_attempts=3)
+    with pytest.raises(ProviderError) as caught:
+        cloud.instance_types()
+    assert type(caught.value) is kind
+    assert code in str(caught.value)
+    assert len(calls) == (3 if retried else 1)
+    assert caught.value.transient == retried or kind is CapacityError
+
+
+def test_invalid_request_names_the_parameter_and_auth_error_says_what_to_do() -> None:
+    cloud = mock_cloud(lambda r: error(400, "global/invalid-parameters", "Invalid region_name"))
+    with pytest.raises(InvalidRequest, match="region_name"):
+        cloud.get("i-1")
+    cloud = mock_cloud(lambda r: error(401, "global/invalid-api-key", "API key was invalid"))
+    with pytest.raises(AuthError, match="LAMBDA_API_KEY"):
+        cloud.get("i-1")
+
+
+def test_capacity_error_is_raised_at_once_for_the_caller_to_fail_over() -> None:
+    calls: list[str] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        calls.append(f"{req.method} {req.url.path}")
+        if req.url.path.endswith("/ssh-keys"):
+            return data([{"id": "k1", "name": "saefleet", "public_key": PUBLIC_KEY}])
+        if req.url.path.endswith("/instances"):
+            return data([])
+        return error(400, "instance-operations/launch/insufficient-capacity")
+
+    sleeps = Sleeps()
+    with pytest.raises(CapacityError):
+        mock_cloud(handler, sleeps).launch(request())
+    assert calls.count("POST /api/v1/instance-operations/launch") == 1
+    assert sleeps == []
+
+
+# ---- retries -----------------------------------------------------------------------------------
+
+
+def test_429_waits_at_least_retry_after_then_succeeds() -> None:
+    replies = iter([error(429, "global/rate-limited", **{"Retry-After": "7"}), data({})])
+    sleeps = Sleeps()
+    assert mock_cloud(lambda r: next(replies), sleeps).instance_types() == []
+    assert len(sleeps) == 1
+    assert 7 <= sleeps[0] <= 8
+
+
+def test_retry_after_as_an_http_date_is_honoured() -> None:
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=20), usegmt=True)
+    replies = iter([httpx.Response(429, headers={"Retry-After": when}), data({})])
+    sleeps = Sleeps()
+    mock_cloud(lambda r: next(replies), sleeps, max_total_s=60).instance_types()
+    assert 18 <= sleeps[0] <= 21
+
+
+def test_a_retry_after_beyond_the_time_budget_gives_up_without_sleeping() -> None:
+    sleeps = Sleeps()
+    reply = error(429, "global/rate-limited", **{"Retry-After": "300"})
+    with pytest.raises(RateLimited) as caught:
+        mock_cloud(lambda r: reply, sleeps, max_total_s=45).instance_types()
+    assert caught.value.retry_after == 300
+    assert sleeps == []
+
+
+def test_500_then_success_backs_off_exponentially_with_jitter() -> None:
+    replies = iter([error(500, "global/unknown"), error(502, "global/unknown"), data({})])
+    sleeps = Sleeps()
+    mock_cloud(lambda r: next(replies), sleeps).instance_types()
+    assert len(sleeps) == 2
+    assert 1 <= sleeps[0] <= 2  # 1 s + up to 1 s jitter
+    assert 2 <= sleeps[1] <= 3  # 2 s + up to 1 s jitter
+
+
+def test_attempts_are_bounded() -> None:
+    calls: list[int] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return error(500, "global/unknown")
+
+    sleeps = Sleeps()
+    with pytest.raises(ProviderError):
+        mock_cloud(handler, sleeps).instance_types()
+    assert len(calls) == RetryPolicy().max_attempts == 5
+    assert len(sleeps) == 4
+    assert max(sleeps) <= RetryPolicy().backoff_max_s + RetryPolicy().jitter_s
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        httpx.Response(200, text="<html>502 Bad Gateway</html>"),
+        httpx.Response(200, json={"no": "envelope"}),
+        httpx.Response(200, json={"data": {"gpu_1x_a100": {"instance_type": {"name": 5}}}}),
+        httpx.Response(502, text="Bad Gateway"),
+    ],
+    ids=["not-json", "no-envelope", "wrong-schema", "5xx-not-json"],
+)
+def test_malformed_replies_are_transient_errors(reply: httpx.Response) -> None:
+    replies = iter([reply, data({})])
+    assert mock_cloud(lambda r: next(replies)).instance_types() == []
+    with pytest.raises(ProviderError, match=r"malformed|HTTP 502"):
+        mock_cloud(lambda r: reply, max_attempts=1).instance_types()
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [httpx.ReadTimeout("timed out"), httpx.ConnectError("refused"), httpx.RemoteProtocolError("x")],
+)
+def test_transport_failures_become_provider_errors(failure: httpx.HTTPError) -> None:
+    def handler(req: httpx.Request) -> httpx.Response:
+        raise failure
+
+    with pytest.raises(ProviderError) as caught:
+        mock_cloud(handler, max_attempts=2).get("i-1")
+    assert type(caught.value) is ProviderError
+    assert caught.value.__cause__ is None and caught.value.__context__ is not None
+    assert not isinstance(caught.value, httpx.HTTPError)
+
+
+# ---- launch, list, get, terminate --------------------------------------------------------------
+
+
+class MockAccount:
+    """A tiny stateful Lambda behind MockTransport, with a switch to lose launch replies."""
+
+    def __init__(self) -> None:
+        self.instances: list[dict[str, Any]] = []
+        self.keys: list[dict[str, str]] = []
+        self.calls: list[str] = []
+        self.launch_bodies: list[dict[str, Any]] = []
+        self.lose_launch_replies = 0
+
+    def __call__(self, req: httpx.Request) -> httpx.Response:
+        path = req.url.path.removeprefix("/api/v1/")
+        self.calls.append(f"{req.method} {path}")
+        if (req.method, path) == ("GET", "ssh-keys"):
+            return data(self.keys)
+        if (req.method, path) == ("POST", "ssh-keys"):
+            body = json.loads(req.content)
+            self.keys.append({"id": f"k{len(self.keys)}", **body})
+            return data(self.keys[-1])
+        if (req.method, path) == ("GET", "instances"):
+            return data(self.instances)
+        if req.method == "GET" and path.startswith("instances/"):
+            found = [i for i in self.instances if i["id"] == path.split("/")[1]]
+            return data(found[0]) if found else error(404, "global/object-does-not-exist")
+        if (req.method, path) == ("POST", "instance-operations/launch"):
+            body = json.loads(req.content)
+            self.launch_bodies.append(body)
+            instance_id = f"i-{len(self.instances) + 1}"
+            self.instances.append(wire_instance(instance_id, body["name"], "booting", None))
+            if self.lose_launch_replies:
+                self.lose_launch_replies -= 1
+                raise httpx.ReadTimeout("reply lost", request=req)
+            return data({"instance_ids": [instance_id]})
+        raise AssertionError(f"unexpected {req.method} {path}")
+
+
+def test_launch_registers_the_ssh_key_once_and_maps_the_instance() -> None:
+    account = MockAccount()
+    cloud = mock_cloud(account)
+    first = cloud.launch(request("sf-a-1", file_system="ckpts"))
+    cloud.launch(request("sf-b-1"))
+    assert account.calls.count("POST ssh-keys") == 1
+    assert account.calls.count("GET ssh-keys") == 1
+    assert account.keys[0]["name"] == "saefleet" and account.keys[0]["public_key"] == PUBLIC_KEY
+    assert account.launch_bodies[0] == {
+        "region_name": "us-east-1",
+        "instance_type_name": "gpu_1x_a100",
+        "ssh_key_names": ["saefleet"],
+        "name": "sf-a-1",
+        "quantity": 1,
+        "file_system_names": ["ckpts"],
+    }
+    assert "file_system_names" not in account.launch_bodies[1]
+    assert first == Instance(
+        id="i-1",
+        name="sf-a-1",
+        status=InstanceStatus.BOOTING,
+        instance_type="gpu_1x_a100",
+        region="us-east-1",
+        capacity="on_demand",
+        price_per_hour=1.29,
+        host=None,
+        ssh_user="ubuntu",
+        workdir="/home/ubuntu/saefleet",
+    )
+
+
+def test_a_key_name_taken_by_another_public_key_is_refused() -> None:
+    account = MockAccount()
+    account.keys.append({"id": "k0", "name": "saefleet", "public_key": "ssh-ed25519 OTHER x"})
+    with pytest.raises(InvalidRequest, match="different public key"):
+        mock_cloud(account).launch(request())
+    assert "POST instance-operations/launch" not in account.calls
+
+
+def test_launch_after_a_lost_reply_finds_the_instance_by_name_instead_of_launching_again() -> None:
+    account = MockAccount()
+    account.lose_launch_replies = 1
+    sleeps = Sleeps()
+    instance = mock_cloud(account, sleeps).launch(request("sf-job7-2"))
+    assert account.calls.count("POST instance-operations/launch") == 1
+    assert [i["name"] for i in account.instances] == ["sf-job7-2"]
+    assert instance.id == "i-1" and instance.name == "sf-job7-2"
+    assert len(sleeps) == 1
+
+
+def test_launch_of_an_existing_name_returns_it_without_launching() -> None:
+    account = MockAccount()
+    account.keys.append({"id": "k0", "name": "saefleet", "public_key": PUBLIC_KEY})
+    account.instances.append(wire_instance("i-9", "sf-job7-2"))
+    assert mock_cloud(account).launch(request("sf-job7-2")).id == "i-9"
+    assert "POST instance-operations/launch" not in account.calls
+
+
+def test_launch_rejects_a_name_longer_than_lambda_allows() -> None:
+    with pytest.raises(InvalidRequest, match="64"):
+        mock_cloud(MockAccount()).launch(request("sf-" + "x" * 62))
+
+
+def test_list_returns_only_our_prefix_unless_asked_for_all() -> None:
+    account = MockAccount()
+    account.instances += [wire_instance("i-1", "sf-j-1"), wire_instance("i-2", "notebook")]
+    account.instances.append({**wire_instance("i-3", ""), "name": None})
+    cloud = mock_cloud(account)
+    assert [i.id for i in cloud.list()] == ["i-1"]
+    assert [i.id for i in cloud.list(include_foreign=True)] == ["i-1", "i-2", "i-3"]
+
+
+def test_terminate_of_a_gone_instance_is_success() -> None:
+    mock_cloud(lambda r: error(404, "global/object-does-not-exist")).terminate("i-gone")
+
+    def terminated(req: httpx.Request) -> httpx.Response:
+        if req.method == "POST":
+            return error(400, "global/invalid-parameters", "instance is terminated")
+        return data(wire_instance("i-1", "sf-j-1", "terminated"))
+
+    mock_cloud(terminated).terminate("i-1")
+
+
+def test_terminate_refused_for_a_live_instance_raises() -> None:
+    def refused(req: httpx.Request) -> httpx.Response:
+        if req.method == "POST":
+            return error(400, "global/invalid-parameters", "instance_ids: bad")
+        return data(wire_instance("i-1", "sf-j-1", "active"))
+
+    with pytest.raises(InvalidRequest):
+        mock_cloud(refused).terminate("i-1")
+
+
+def test_instance_types_map_price_memory_regions_and_no_spot() -> None:
+    offer = {
+        "instance_type": wire_instance("x", "x")["instance_type"],
+        "regions_with_capacity_available": [
+            {"name": "us-west-1", "description": "California"},
+            {"name": "us-east-1", "description": "Virginia"},
+        ],
+    }
+    (itype,) = mock_cloud(lambda r: data({"gpu_1x_a100": offer})).instance_types()
+    assert itype.name == "gpu_1x_a100"
+    assert itype.price_per_hour == 1.29
+    assert itype.spot_price_per_hour is None
+    assert itype.gpu_count == 1 and itype.gpu_memory_gb == 40
+    assert itype.regions == ["us-east-1", "us-west-1"]
+
+
+@pytest.mark.parametrize(
+    ("descriptions", "expected"),
+    [
+        (("A100 (40 GB SXM4)", "1x A100 (40 GB SXM4)"), 40),
+        (("", "1x A100 (40 GB SXM4)"), 40),
+        (("H100 (80GB PCIe)",), 80),
+        (("GH200 (96 GB)",), 96),
+        (("", "", "gpu_1x_mystery"), 0),
+    ],
+)
+def test_gpu_memory_is_parsed_from_descriptions(
+    descriptions: tuple[str, ...], expected: float
+) -> None:
+    assert gpu_memory_gb(*descriptions) == expected
+
+
+# ---- failover ----------------------------------------------------------------------------------
+
+
+def launch_with_failover(
+    cloud: LambdaCloud, config: JobConfig, name: str
+) -> tuple[Instance, list[str]]:
+    """What the provision stage does: candidates in failover order, next one on no capacity."""
+    tried = []
+    for candidate in plan_launch(config, ProviderSpec(name="lambda"), cloud, preemptions=0):
+        tried.append(f"{candidate.instance_type}@{candidate.region}")
+        try:
+            return cloud.launch(
+                request(name, instance_type=candidate.instance_type, region=candidate.region)
+            ), tried
+        except CapacityError:
+            continue
+    raise AssertionError(f"nothing launched after {tried}")
+
+
+def job_config(min_vram_gb: float = 38) -> JobConfig:
+    return JobConfig.model_validate(
+        {
+            "model": "meta-llama/Llama-3.1-8B",
+            "layer": 12,
+            "dataset": "lmsys/lmsys-chat-1m",
+            "sae": {"n_latents": 32768},
+            "train": {"total_tokens": 1_000_000},
+            "gpu": {"min_vram_gb": min_vram_gb},
+        }
+    )
+
+
+def test_failover_tries_regions_and_types_cheapest_first(fake_lambda: FakeLambda) -> None:
+    fake_lambda.no_capacity("gpu_1x_a100")  # listed with capacity, refused at launch
+    fake_lambda.no_capacity("gpu_1x_a100_sxm4", listed=False)
+    with fake_cloud(fake_lambda) as cloud:
+        instance, tried = launch_with_failover(cloud, job_config(), "sf-fo-1")
+    assert tried == [
+        "gpu_1x_a100@us-east-1",
+        "gpu_1x_a100@us-west-1",
+        "gpu_1x_h100_pcie@us-south-1",
+    ]
+    assert instance.instance_type == "gpu_1x_h100_pcie" and instance.region == "us-south-1"
+    assert len(fake_lambda.instances) == 1
+
+
+# ---- integration: real HTTP against the fake API -----------------------------------------------
+
+
+@pytest.fixture
+def fake_lambda() -> Iterator[FakeLambda]:
+    with running_fake_lambda() as api:
+        yield api
+
+
+def fake_cloud(api: FakeLambda, pacer: Pacer | None = None, timeout: float = 5) -> LambdaCloud:
+    retry = RetryPolicy(backoff_initial_s=0.01, backoff_max_s=0.05, jitter_s=0.01, max_total_s=10)
+    return LambdaCloud(
+        api.api_key, api.base_url, timeout=timeout, pacer=pacer or no_pacing(), retry=retry
+    )
+
+
+def test_launch_boot_active_terminate_gone(fake_lambda: FakeLambda) -> None:
+    fake_lambda.boot_reads = 2
+    with fake_cloud(fake_lambda) as cloud:
+        launched = cloud.launch(request("sf-life-1"))
+        statuses = [launched.status]
+        while statuses[-1] is InstanceStatus.BOOTING:
+            statuses.append(cloud.get(launched.id).status)
+        assert statuses == [InstanceStatus.BOOTING, InstanceStatus.BOOTING, InstanceStatus.ACTIVE]
+        assert cloud.get(launched.id).host == "10.0.0.1"
+        assert [i.name for i in cloud.list()] == ["sf-life-1"]
+        cloud.terminate(launched.id)
+        assert cloud.get(launched.id).status is InstanceStatus.TERMINATING
+        assert cloud.get(launched.id).status is InstanceStatus.TERMINATED
+        with pytest.raises(NotFound):
+            cloud.get(launched.id)
+        cloud.terminate(launched.id)  # gone: still success
+        assert cloud.list() == []
+
+
+def test_preempted_instances_report_it(fake_lambda: FakeLambda) -> None:
+    with fake_cloud(fake_lambda) as cloud:
+        instance = cloud.launch(request("sf-pre-1"))
+        fake_lambda.preempt(instance.id)
+        assert cloud.get(instance.id).status is InstanceStatus.PREEMPTED
+        assert cloud.get(instance.id).status.gone
+
+
+def test_a_burst_of_5xx_and_a_429_are_ridden_out(fake_lambda: FakeLambda) -> None:
+    fake_lambda.fail(count=3, status=500)
+    fake_lambda.rate_limit(retry_after=0.3)
+    with fake_cloud(fake_lambda) as cloud:
+        assert len(cloud.instance_types()) == 5
+    times = [r.at for r in fake_lambda.requests]
+    assert len(times) == 5
+    assert times[4] - times[3] >= 0.3  # Retry-After honoured
+
+
+def test_a_launch_whose_reply_times_out_is_not_launched_twice(fake_lambda: FakeLambda) -> None:
+    fake_lambda.slow("instance-operations/launch", delay_s=1.5)
+    with fake_cloud(fake_lambda, timeout=0.5) as cloud:
+        instance = cloud.launch(request("sf-slow-1"))
+    assert [i.name for i in fake_lambda.instances.values()] == ["sf-slow-1"]
+    assert fake_lambda.paths("POST").count("POST instance-operations/launch") == 1
+    assert instance.id == next(iter(fake_lambda.instances))
+
+
+def test_file_system_in_the_wrong_region_is_permanent(fake_lambda: FakeLambda) -> None:
+    fake_lambda.add_file_system("ckpts", "us-west-1")
+    with fake_cloud(fake_lambda) as cloud:
+        assert cloud.file_system_region("ckpts") == "us-west-1"
+        with pytest.raises(InvalidRequest, match="file-system-in-wrong-region"):
+            cloud.launch(request("sf-fs-1", region="us-east-1", file_system="ckpts"))
+        assert (
+            cloud.launch(request("sf-fs-1", region="us-west-1", file_system="ckpts")).region
+            == "us-west-1"
+        )
+        with pytest.raises(NotFound, match="no filesystem named"):
+            cloud.file_system_region("nope")
+
+
+def test_pacer_keeps_requests_and_launches_to_their_rates(fake_lambda: FakeLambda) -> None:
+    pacer = Pacer({"request": Rate(0.05), "launch": Rate(0.2, max_per_window=2, window_s=0.6)})
+    clouds = [fake_cloud(fake_lambda, pacer) for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda c=c, n=n: c.launch(request(f"sf-pace{n}-1")))
+        for n, c in enumerate(clouds * 2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    times = [r.at for r in fake_lambda.requests]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # measured on arrival at the server: allow for scheduling jitter (unpaced gaps are ~2 ms)
+    assert min(gaps) >= 0.05 - 0.02
+    launches = [r.at for r in fake_lambda.requests if r.path == "instance-operations/launch"]
+    assert len(launches) == 4
+    assert min(b - a for a, b in itertools.pairwise(launches)) >= 0.2 - 0.02
+    assert launches[2] - launches[0] >= 0.6 - 0.02  # at most 2 in any 0.6 s window
+    assert launches[3] - launches[1] >= 0.6 - 0.02
+    for cloud in clouds:
+        cloud.close()
+
+
+def test_every_client_of_the_process_shares_one_pacer(fake_lambda: FakeLambda) -> None:
+    shared_pacer().reset()
+    assert shared_pacer().rates == LAMBDA_RATES
+    retry = RetryPolicy(max_attempts=1)
+    for _ in range(2):  # two clients with default pacing, one request each
+        with LambdaCloud(fake_lambda.api_key, fake_lambda.base_url, retry=retry) as cloud:
+            cloud.instance_types()
+    first, second = (r.at for r in fake_lambda.requests)
+    assert second - first >= LAMBDA_RATES["request"].min_interval_s - 0.02
+
+
+def test_pacer_reserves_slots_for_concurrent_callers_without_real_time() -> None:
+    now = [100.0]
+    waits: list[float] = []
+    pacer = Pacer(
+        {"request": Rate(1.0), "launch": Rate(12.0, max_per_window=5, window_s=60.0)},
+        clock=lambda: now[0],
+        sleep=waits.append,
+    )
+    assert [pacer.acquire("request") for _ in range(3)] == [0.0, 1.0, 2.0]
+    now[0] = 200.0
+    launch_waits = [pacer.acquire("request", "launch") for _ in range(6)]
+    assert launch_waits == [0.0, 12.0, 24.0, 36.0, 48.0, 60.0]
+    pacer = Pacer({"launch": Rate(0.0, max_per_window=2, window_s=10.0)}, lambda: 0.0, waits.append)
+    assert [pacer.acquire("launch") for _ in range(4)][2:] == [10.0, 10.0]
+
+
+# ---- the key stays secret ----------------------------------------------------------------------
+
+
+def test_the_api_key_never_appears_in_logs_errors_or_reprs(
+    fake_lambda: FakeLambda, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    fake_lambda.fail(count=2)
+    fake_lambda.rate_limit(retry_after=0.05)
+    fake_lambda.no_capacity(region="us-east-1")
+    cloud = fake_cloud(fake_lambda)
+    cloud.instance_types()
+    wrong_key = LambdaCloud("x" + fake_lambda.api_key, fake_lambda.base_url, pacer=no_pacing())
+    unreachable = LambdaCloud(
+        fake_lambda.api_key,
+        f"http://127.0.0.1:{free_port()}/api/v1",
+        pacer=no_pacing(),
+        retry=RetryPolicy(max_attempts=2, backoff_initial_s=0.01, jitter_s=0),
+    )
+    errors: list[BaseException] = []
+    for call in (
+        lambda: cloud.launch(request("sf-sec-1")),
+        lambda: cloud.get("i-404"),
+        wrong_key.list,
+        unreachable.list,
+    ):
+        with pytest.raises(ProviderError) as caught:
+            call()
+        errors.append(caught.value)
+    texts = [caplog.text, repr(cloud), str(vars(cloud)), repr(cloud._client.headers)]
+    texts += [f"{e!s} {e!r} {e.args}" for e in errors]
+    assert [type(e) for e in errors] == [CapacityError, NotFound, AuthError, ProviderError]
+    assert all(fake_lambda.api_key not in text for text in texts)
+    assert any("retry" in r.getMessage() for r in caplog.records)
+
+
+def test_an_error_message_echoing_the_key_is_redacted() -> None:
+    reply = error(400, "global/invalid-parameters", f"bad header Bearer {KEY}")
+    with pytest.raises(InvalidRequest) as caught:
+        mock_cloud(lambda r: reply).get("i-1")
+    assert KEY not in str(caught.value) and "***" in str(caught.value)
+
+
+# ---- configuration -----------------------------------------------------------------------------
+
+
+def test_from_settings_reads_the_key_from_the_environment_or_a_file(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LAMBDA_API_KEY", raising=False)
+    with pytest.raises(AuthError, match="LAMBDA_API_KEY"):
+        from_settings(Settings())
+    key_file = tmp_path / "lambda.key"
+    key_file.write_text(KEY + "\n")
+    from_file = from_settings(Settings(lambda_api_key_file=key_file, lambda_base_url=BASE))
+    assert from_file.base_url == BASE
+    assert KEY not in repr(from_file)
+    with pytest.raises(AuthError, match="cannot read"):
+        from_settings(Settings(lambda_api_key_file=tmp_path / "missing"))
+    monkeypatch.setenv("LAMBDA_API_KEY", "from-env")
+    assert from_settings(Settings(lambda_api_key_file=tmp_path / "missing")) is not None
+
+
+def test_an_empty_key_is_refused() -> None:
+    with pytest.raises(AuthError):
+        LambdaCloud("  ")
+
+
+def test_retry_waits_grow_and_are_capped() -> None:
+    retry = RetryPolicy(jitter_s=0)
+    assert [retry.wait_s(n, None) for n in (1, 2, 3, 4, 5, 6)] == [1, 2, 4, 8, 16, 16]
+    assert retry.wait_s(1, RateLimited("x", retry_after=30)) == 30
+    assert retry.wait_s(1, RateLimited("x", retry_after=600)) == retry.max_retry_after_s
+
+
+def test_waiting_is_real_when_no_sleep_is_injected() -> None:
+    started = time.monotonic()
+    replies = iter([error(500, "global/unknown"), data({})])
+    cloud = LambdaCloud(
+        KEY,
+        BASE,
+        pacer=no_pacing(),
+        retry=RetryPolicy(backoff_initial_s=0.2, jitter_s=0),
+        transport=httpx.MockTransport(lambda r: next(replies)),
+    )
+    cloud.instance_types()
+    assert time.monotonic() - started >= 0.2

@@ -1,0 +1,364 @@
+"""The SSH layer against a real sshd (a local-provider instance): commands, atomic transfers,
+host key pinning, error mapping, the key pair, and a reverse port forward."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import select
+import socket
+import stat
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from jobs.providers.base import Instance
+from jobs.providers.local import LocalProvider
+from jobs.ssh import (
+    CommandFailed,
+    CommandTimeout,
+    HostKeyMismatch,
+    RemotePathError,
+    SSHAuthError,
+    SSHConnectError,
+    SSHSession,
+    SSHTarget,
+    connect,
+    ensure_keypair,
+)
+from queue_app.processes import free_port
+from tests.jobs.conftest import LaunchLocal, TargetFor
+
+pytestmark = pytest.mark.sshd
+
+
+# ---- commands -----------------------------------------------------------------------------
+
+
+def test_run_returns_exit_status_and_both_streams(ssh_session: SSHSession) -> None:
+    result = ssh_session.run("echo out; echo err >&2; exit 3")
+    assert (result.exit_status, result.stdout, result.stderr) == (3, "out\n", "err\n")
+
+
+def test_run_exports_env_values_verbatim(ssh_session: SSHSession) -> None:
+    value = 'it\'s $HOME `id` "quoted"'
+    assert ssh_session.run('printf %s "$VALUE"', env={"VALUE": value}).stdout == value
+
+
+def test_check_raises_command_failed_without_env_values(ssh_session: SSHSession) -> None:
+    command = 'test -n "$TOKEN"; echo boom >&2; exit 7'
+    with pytest.raises(CommandFailed) as failed:
+        ssh_session.run(command, check=True, env={"TOKEN": "s3cret-token"})
+    error = failed.value
+    assert (error.exit_status, error.stderr, error.command) == (7, "boom\n", command)
+    assert not error.transient
+    assert "status 7" in str(error) and "boom" in str(error)
+    assert "s3cret-token" not in str(error)
+
+
+def test_long_command_is_shortened_in_messages(ssh_session: SSHSession) -> None:
+    command = "false " + "x" * 1000
+    with pytest.raises(CommandFailed) as failed:
+        ssh_session.run(command, check=True)
+    assert len(str(failed.value)) < 200
+    assert failed.value.command == command
+
+
+def test_timeout_is_transient_and_the_session_stays_usable(ssh_session: SSHSession) -> None:
+    started = time.monotonic()
+    with pytest.raises(CommandTimeout) as timed_out:
+        ssh_session.run("sleep 5", timeout=0.3)
+    assert timed_out.value.transient
+    assert time.monotonic() - started < 2
+    assert ssh_session.run("echo still here").stdout == "still here\n"
+
+
+def test_lost_connection_is_transient(
+    local_provider: LocalProvider, local_instance: Instance, ssh_session: SSHSession
+) -> None:
+    local_provider.preempt(local_instance.id)
+    with pytest.raises(SSHConnectError) as lost:
+        ssh_session.run("true")
+    assert lost.value.transient
+
+
+# ---- transfers ----------------------------------------------------------------------------
+
+
+def test_put_replaces_the_remote_file_atomically(
+    ssh_session: SSHSession, local_instance: Instance, tmp_path: Path
+) -> None:
+    remote = f"{local_instance.workdir}/data.bin"
+    ssh_session.put_bytes(b"old", remote)
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(8 << 20))
+    sizes_seen: set[int] = set()
+    done = threading.Event()
+
+    def watch() -> None:  # the instance's disk is this machine's: watch the target directly
+        while not done.is_set():
+            sizes_seen.add(os.stat(remote).st_size)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        ssh_session.put(big, remote)
+    finally:
+        done.set()
+        watcher.join()
+    assert Path(remote).read_bytes() == big.read_bytes()
+    assert sizes_seen <= {3, 8 << 20}
+    assert ssh_session.listdir(local_instance.workdir) == ["data.bin"]
+
+
+def test_put_bytes_applies_mode(ssh_session: SSHSession, local_instance: Instance) -> None:
+    remote = f"{local_instance.workdir}/secret"
+    ssh_session.put_bytes(b"s3cret", remote, mode=0o600)
+    assert stat.S_IMODE(os.stat(remote).st_mode) == 0o600
+    assert Path(remote).read_bytes() == b"s3cret"
+
+
+def test_put_into_missing_directory_is_a_remote_path_error(
+    ssh_session: SSHSession, local_instance: Instance
+) -> None:
+    with pytest.raises(RemotePathError) as failed:
+        ssh_session.put_bytes(b"x", f"{local_instance.workdir}/missing/file")
+    assert not failed.value.transient
+    assert ssh_session.listdir(local_instance.workdir) == []
+
+
+def test_get_replaces_local_file_and_a_failed_get_keeps_it(
+    ssh_session: SSHSession, local_instance: Instance, tmp_path: Path
+) -> None:
+    Path(local_instance.workdir, "result.txt").write_text("new")
+    local = tmp_path / "out" / "result.txt"
+    local.parent.mkdir()
+    local.write_text("old")
+    ssh_session.get(f"{local_instance.workdir}/result.txt", local)
+    assert local.read_text() == "new"
+    with pytest.raises(RemotePathError):
+        ssh_session.get(f"{local_instance.workdir}/missing.txt", local)
+    assert local.read_text() == "new"
+    assert sorted(p.name for p in local.parent.iterdir()) == ["result.txt"]
+
+
+def test_get_dir_copies_a_tree_and_replaces_the_old_copy(
+    ssh_session: SSHSession, local_instance: Instance, tmp_path: Path
+) -> None:
+    remote = Path(local_instance.workdir, "ckpt")
+    (remote / "sub" / "deeper").mkdir(parents=True)
+    (remote / "weights.bin").write_bytes(b"w" * 100_000)
+    (remote / "sub" / "deeper" / "meta.json").write_text("{}")
+    local = tmp_path / "pulled" / "ckpt"
+    local.mkdir(parents=True)
+    (local / "stale.txt").write_text("from an earlier pull")
+    ssh_session.get_dir(str(remote), local)
+    assert sorted(str(p.relative_to(local)) for p in local.rglob("*")) == [
+        "sub",
+        "sub/deeper",
+        "sub/deeper/meta.json",
+        "weights.bin",
+    ]
+    assert (local / "weights.bin").read_bytes() == b"w" * 100_000
+    assert [p.name for p in local.parent.iterdir()] == ["ckpt"]
+
+
+def test_failed_get_dir_keeps_the_existing_copy(
+    ssh_session: SSHSession, local_instance: Instance, tmp_path: Path
+) -> None:
+    local = tmp_path / "pulled" / "ckpt"
+    local.mkdir(parents=True)
+    (local / "kept.txt").write_text("kept")
+    with pytest.raises(RemotePathError):
+        ssh_session.get_dir(f"{local_instance.workdir}/missing", local)
+    assert (local / "kept.txt").read_text() == "kept"
+    assert [p.name for p in local.parent.iterdir()] == ["ckpt"]
+
+
+def test_makedirs_exists_listdir(ssh_session: SSHSession, local_instance: Instance) -> None:
+    base = local_instance.workdir
+    ssh_session.makedirs(f"{base}/a/b/c")
+    ssh_session.makedirs(f"{base}/a/b/c/")  # again: no error
+    assert ssh_session.exists(f"{base}/a/b/c")
+    assert not ssh_session.exists(f"{base}/nope")
+    ssh_session.put_bytes(b"", f"{base}/a/file")
+    assert ssh_session.listdir(f"{base}/a") == ["b", "file"]
+    with pytest.raises(RemotePathError):
+        ssh_session.makedirs(f"{base}/a/file/sub")
+
+
+# ---- connecting ---------------------------------------------------------------------------
+
+
+def test_host_key_is_pinned_by_id_and_a_changed_key_is_rejected(
+    launch_local: LaunchLocal, ssh_target_for: TargetFor
+) -> None:
+    first, second = launch_local("sf-pin-1"), launch_local("sf-pin-2")
+    target = ssh_target_for(first)
+    with connect(target):
+        pass
+    assert (target.known_hosts_dir / first.id).read_text().startswith("ssh-ed25519 ")
+    with connect(target):  # the same key again: accepted
+        pass
+    # Another server answering for the pinned id (a relaunch reusing the id) is rejected at once.
+    impostor = ssh_target_for(second, host_key_id=first.id)
+    started = time.monotonic()
+    with pytest.raises(HostKeyMismatch) as mismatch:
+        connect(impostor)
+    assert not mismatch.value.transient
+    assert time.monotonic() - started < 0.5  # not retried
+    assert first.id in str(mismatch.value)
+
+
+def test_connect_to_a_dead_port_is_transient_after_retries(tmp_path: Path) -> None:
+    key, _ = ensure_keypair(tmp_path / "keys")
+    target = SSHTarget("127.0.0.1", free_port(), "root", key, "dead", tmp_path / "known")
+    started = time.monotonic()
+    with pytest.raises(SSHConnectError) as refused:
+        connect(target, timeout=1.0, attempts=2)
+    assert refused.value.transient
+    assert 0.4 < time.monotonic() - started < 3  # one backoff between two attempts
+
+
+@pytest.fixture
+def bad_ssh_server() -> Iterator[tuple[int, threading.Event]]:
+    """A TCP server that greets with garbage and closes; yields its port and a stop event."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                client, _ = server.accept()
+            except TimeoutError:
+                continue
+            with client:
+                client.sendall(b"not an ssh server\r\n")
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    yield server.getsockname()[1], stop
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def test_a_bad_banner_is_a_connect_error(
+    bad_ssh_server: tuple[int, threading.Event], tmp_path: Path
+) -> None:
+    key, _ = ensure_keypair(tmp_path / "keys")
+    port, _ = bad_ssh_server
+    target = SSHTarget("127.0.0.1", port, "root", key, "bad", tmp_path / "known")
+    with pytest.raises(SSHConnectError) as failed:
+        connect(target, timeout=1.0, attempts=1)
+    assert failed.value.transient
+
+
+def test_a_silent_server_times_out(tmp_path: Path) -> None:
+    key, _ = ensure_keypair(tmp_path / "keys")
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts (backlog) but never speaks
+        target = SSHTarget("127.0.0.1", silent.getsockname()[1], "root", key, "x", tmp_path)
+        started = time.monotonic()
+        with pytest.raises(SSHConnectError):
+            connect(target, timeout=0.5, attempts=1)
+        assert time.monotonic() - started < 3
+
+
+def test_a_wrong_key_is_an_auth_error_without_retry(
+    local_instance: Instance, ssh_target_for: TargetFor, tmp_path: Path
+) -> None:
+    other_key, _ = ensure_keypair(tmp_path / "other-keys")
+    started = time.monotonic()
+    with pytest.raises(SSHAuthError) as rejected:
+        connect(ssh_target_for(local_instance, key_path=other_key))
+    assert not rejected.value.transient
+    assert time.monotonic() - started < 0.5
+
+
+def test_a_missing_key_file_is_an_auth_error(
+    local_instance: Instance, ssh_target_for: TargetFor, tmp_path: Path
+) -> None:
+    with pytest.raises(SSHAuthError):
+        connect(ssh_target_for(local_instance, key_path=tmp_path / "no-such-key"))
+
+
+def test_target_rejects_a_host_key_id_that_is_not_a_file_name(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="host_key_id"):
+        SSHTarget("127.0.0.1", 22, "root", tmp_path / "k", "../etc/passwd", tmp_path)
+
+
+# ---- the key pair -------------------------------------------------------------------------
+
+
+def test_ensure_keypair_is_idempotent_and_private(tmp_path: Path) -> None:
+    path, public = ensure_keypair(tmp_path / "keys")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert public.startswith("ssh-ed25519 ") and public.endswith(" saefleet")
+    assert ensure_keypair(tmp_path / "keys") == (path, public)
+
+
+def _public_key_line(keys_dir: str) -> str:
+    return ensure_keypair(Path(keys_dir))[1]
+
+
+def test_ensure_keypair_racing_processes_agree_on_one_key(tmp_path: Path) -> None:
+    keys_dir = tmp_path / "keys"
+    with multiprocessing.get_context("fork").Pool(8) as pool:
+        lines = pool.map(_public_key_line, [str(keys_dir)] * 32)
+    assert len(set(lines)) == 1
+    assert [p.name for p in keys_dir.iterdir()] == ["saefleet"]
+
+
+# ---- port forwarding (what the tunnel service relies on) -----------------------------------
+
+
+def _pump(channel: paramiko.Channel, sock: socket.socket) -> None:
+    with channel, sock:
+        while True:
+            readable, _, _ = select.select([channel, sock], [], [], 5)
+            if not readable:
+                return
+            for source, sink in ((channel, sock), (sock, channel)):
+                if source in readable:
+                    data = source.recv(4096)
+                    if not data:
+                        return
+                    sink.sendall(data)
+
+
+def test_remote_process_reaches_a_local_server_through_a_reverse_forward(
+    ssh_session: SSHSession,
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as local_server:
+        local_port = local_server.getsockname()[1]
+
+        def answer_ping() -> None:
+            client, _ = local_server.accept()
+            with client:
+                if client.recv(16) == b"PING":
+                    client.sendall(b"PONG")
+
+        def forward(
+            channel: paramiko.Channel, origin: tuple[str, int], server: tuple[str, int]
+        ) -> None:
+            sock = socket.create_connection(("127.0.0.1", local_port))
+            threading.Thread(target=_pump, args=(channel, sock), daemon=True).start()
+
+        answerer = threading.Thread(target=answer_ping)
+        answerer.start()
+        remote_port = ssh_session.forward_remote_port(0, forward)
+        assert remote_port > 0
+        script = (
+            f"import socket; s = socket.create_connection(('127.0.0.1', {remote_port})); "
+            "s.sendall(b'PING'); print(s.recv(16).decode())"
+        )
+        result = ssh_session.run(f'{sys.executable} -c "{script}"', timeout=20, check=True)
+        answerer.join(timeout=5)
+        ssh_session.transport.cancel_port_forward("127.0.0.1", remote_port)
+    assert result.stdout.strip() == "PONG"
