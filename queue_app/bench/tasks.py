@@ -1,0 +1,69 @@
+"""The no-op tasks the queue benchmark runs, on both sides of the comparison.
+
+- `plain_app`: a bare Celery app (defaults, JSON) whose one task does nothing; its worker
+  consumes `bench.plain`.
+- `saefleet.noop.*`: stages on saefleet's own app, registered through `jobs.stage_base` exactly
+  as the lifecycle stages are (fencing, the state compare-and-set, routing by the table in
+  `queue_app.celery_app`), with bodies that only advance the job one state: stage i moves it to
+  the i-th state of the success path, as the real chain does with a provider and training.
+
+The benchmark's workers load this module (`celery -A queue_app.bench.tasks:plain_app` and
+`... :app`); both apps read the Redis URL from `SAEFLEET_REDIS_URL`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery, Task
+
+from jobs.stage_base import StageContext, stage_task
+from queue_app.celery_app import app
+from queue_app.settings import get_settings
+from queue_app.state import JobState, get_store
+
+PLAIN_QUEUE = "bench.plain"
+NOOP_PREFIX = "saefleet.noop."
+SUCCESS_PATH = (
+    JobState.PROVISIONING,
+    JobState.BOOTING,
+    JobState.VERIFYING,
+    JobState.BOOTSTRAPPING,
+    JobState.TRAINING,
+    JobState.COLLECTING,
+    JobState.TERMINATING,
+    JobState.SUCCEEDED,
+)
+
+_url = get_settings().broker_url
+plain_app = Celery("bench-plain", broker=_url, backend=_url)
+plain_app.conf.update(task_default_queue=PLAIN_QUEUE, worker_hijack_root_logger=False)
+
+
+@plain_app.task(name="bench.plain.noop")
+def plain_noop(*_: Any) -> None:
+    """Nothing at all."""
+
+
+def _advance_to(target: JobState) -> Callable[[StageContext], None]:
+    def body(ctx: StageContext) -> None:
+        ctx.advance(target)
+
+    body.__doc__ = f"Move the job to {target} and do nothing else."
+    return body
+
+
+NOOP_STAGES: tuple[Task, ...] = tuple(
+    stage_task(f"{NOOP_PREFIX}stage{i}", f"noop{i}")(_advance_to(target))
+    for i, target in enumerate(SUCCESS_PATH, 1)
+)
+
+
+@app.task(name=f"{NOOP_PREFIX}finalize")
+def noop_finalize(results: list[dict[str, Any]], sweep_id: str) -> int:
+    """The chord body: count the finalize run on the sweep record, as finalize_sweep does."""
+    return get_store().finish_sweep(sweep_id, f"{len(results)} results")
+
+
+__all__ = ["NOOP_STAGES", "app", "noop_finalize", "plain_app", "plain_noop"]

@@ -1,0 +1,388 @@
+"""The `saefleet` command. Exit codes: 0 ok, 1 failure, 2 bad input (a message names it)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import redis
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from jobs.spec import SpecError, load_sweep_file
+from queue_app import controlplane
+from queue_app.bench.runner import bench_queue_command
+from queue_app.settings import get_settings
+from queue_app.state import TERMINAL_STATES, JobState, NotFoundError, Store, get_store
+from queue_app.views import (
+    attempts_table,
+    instances_table,
+    job_json,
+    jobs_table,
+    sweep_json,
+)
+
+console = Console()
+err = Console(stderr=True)
+
+app = typer.Typer(help="Run sweeps of SAE training jobs on rented GPUs.", no_args_is_help=True)
+sweep_app = typer.Typer(help="Submit and follow sweeps.", no_args_is_help=True)
+jobs_app = typer.Typer(help="List jobs.", no_args_is_help=True)
+job_app = typer.Typer(help="One job.", no_args_is_help=True)
+fleet_app = typer.Typer(help="The instances saefleet runs.", no_args_is_help=True)
+app.add_typer(sweep_app, name="sweep")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(job_app, name="job")
+app.add_typer(fleet_app, name="fleet")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+class BadInput(Exception):
+    """Exit code 2 with this message."""
+
+
+def print_error(message: str) -> None:
+    """One error on stderr, verbatim: user input in it is never read as markup nor wrapped."""
+    err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    print_error(message)
+    raise typer.Exit(code)
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def store() -> Store:
+    return get_store(get_settings())
+
+
+# ---- control plane ------------------------------------------------------------------------------
+
+
+@app.command()
+def up() -> None:
+    """Start the control plane (Redis, control worker, beat, tunnels) unless it runs already."""
+    settings = get_settings()
+    report = controlplane.up(settings)
+    for name, what in report.items():
+        console.print(f"{name:8} {what}")
+    console.print(f"logs in {settings.logs_dir}")
+
+
+@app.command()
+def down() -> None:
+    """Stop the control plane cleanly (instances are not touched: see `fleet teardown`)."""
+    for name, what in controlplane.down(get_settings()).items():
+        console.print(f"{name:8} {what}")
+
+
+# ---- sweeps -------------------------------------------------------------------------------------
+
+
+@sweep_app.command("submit")
+def sweep_submit(
+    file: Path,
+    wait: Annotated[bool, typer.Option(help="Follow the sweep until it finishes.")] = False,
+    force: Annotated[bool, typer.Option(help="Submit even when over budget.")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Validate a sweep file, check its cost and credentials, enqueue its jobs."""
+    from queue_app.submit import SubmitRefused, check_submission, submit_sweep
+
+    spec = load_sweep_file(file)
+    jobs = spec.expand()
+    try:
+        plan, preflight = check_submission(spec, get_settings(), force=force)
+    except SubmitRefused as exc:
+        raise BadInput(str(exc)) from None
+    if not json_out:
+        for line in preflight.lines():
+            if not line.startswith("PASSED"):
+                err.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
+        if plan.estimated_cost_usd is not None:
+            console.print(f"estimated cost: ${plan.estimated_cost_usd:.2f}")
+    sweep = submit_sweep(spec, jobs, store())
+    if json_out and not wait:
+        emit_json({"sweep_id": sweep.sweep_id, "jobs": sweep.job_ids})
+        return
+    console.print(f"sweep [bold]{sweep.sweep_id}[/] ({spec.name}): {len(jobs)} jobs queued")
+    if wait:
+        follow_sweep(sweep.sweep_id, json_out)
+
+
+@sweep_app.command("status")
+def sweep_status(sweep_id: str, json_out: JsonFlag = False) -> None:
+    """Where each job of a sweep stands."""
+    s = store()
+    sweep = s.sweep(sweep_id)
+    if json_out:
+        emit_json(sweep_json(s, sweep))
+        return
+    from queue_app.status_view import fleet_status, render
+
+    console.print(render(fleet_status(s, sweep_id)))
+    if sweep.finished_at:
+        console.print(f"finished; summary: {sweep.summary_path}")
+
+
+@sweep_app.command("wait")
+def sweep_wait(sweep_id: str, json_out: JsonFlag = False) -> None:
+    """Follow a sweep until it finishes; exit 1 unless every job succeeded."""
+    follow_sweep(sweep_id, json_out)
+
+
+@sweep_app.command("cancel")
+def sweep_cancel(sweep_id: str) -> None:
+    """Cancel every unfinished job of a sweep (their instances are terminated)."""
+    s = store()
+    s.sweep(sweep_id)  # an unknown sweep is bad input, not "0 cancelled"
+    cancelled = [j.job_id for j in s.sweep_jobs(sweep_id) if cancel_job(s, j.job_id)]
+    if not cancelled:
+        fail(f"sweep {sweep_id} has no unfinished job to cancel", code=2)
+    console.print(f"cancelled {len(cancelled)} job(s)")
+
+
+def follow_sweep(sweep_id: str, json_out: bool) -> None:
+    """Wait for the sweep (progress bars for humans); exit 1 unless every job succeeded."""
+    from queue_app.follow import follow_sweep as follow
+
+    s = store()
+    if json_out:
+        while not s.sweep(sweep_id).finished_at:
+            time.sleep(1.0)
+        emit_json(sweep_json(s, s.sweep(sweep_id)))
+    else:
+        print_summary(follow(console, s, sweep_id).summary_path)
+    if any(j.state is not JobState.SUCCEEDED for j in s.sweep_jobs(sweep_id)):
+        raise typer.Exit(1)
+
+
+def print_summary(summary_path: str | None) -> None:
+    from jobs.sweep_tasks import summary_line
+
+    if not summary_path or not Path(summary_path).exists():
+        return
+    summary = json.loads(Path(summary_path).read_text())
+    console.print(f"[bold]summary:[/] {summary_line(summary)}")
+    console.print(f"artifacts: {Path(summary_path).parent}")
+
+
+# ---- jobs ---------------------------------------------------------------------------------------
+
+
+@jobs_app.command("list")
+def jobs_list(
+    sweep: Annotated[str | None, typer.Option(help="Only this sweep's jobs.")] = None,
+    limit: int = 200,
+    json_out: JsonFlag = False,
+) -> None:
+    """Recent jobs, newest first."""
+    s = store()
+    if sweep:
+        s.sweep(sweep)  # an unknown sweep is bad input, not an empty list
+    jobs = s.sweep_jobs(sweep) if sweep else s.jobs(s.job_ids(limit))
+    if json_out:
+        emit_json([job_json(s, j) for j in jobs])
+    else:
+        console.print(jobs_table(s, jobs))
+
+
+@job_app.command("show")
+def job_show(job_id: str, json_out: JsonFlag = False) -> None:
+    """One job: state, progress, attempts (instance, times, reason, resumed from, cost)."""
+    s = store()
+    job = s.job(job_id)
+    if json_out:
+        emit_json(job_json(s, job, detail=True))
+        return
+    console.print(jobs_table(s, [job], title=f"job {job_id}"))
+    if job.reason:
+        console.print(f"reason: {escape(job.reason)}")
+    console.print(attempts_table(s, job))
+    if job.metrics:
+        console.print("metrics: " + ", ".join(f"{k}={_num(v)}" for k, v in job.metrics.items()))
+    if job.artifacts_dir:
+        console.print(f"artifacts: {job.artifacts_dir}")
+
+
+def _num(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+@job_app.command("cancel")
+def job_cancel(job_id: str) -> None:
+    """Cancel a job: its instance is terminated, its last checkpoint kept."""
+    s = store()
+    if cancel_job(s, job_id):
+        console.print(f"job {job_id} cancelled")
+    else:
+        fail(f"job {job_id} has already finished ({s.job(job_id).state})", code=2)
+
+
+def cancel_job(s: Store, job_id: str, tries: int = 5) -> bool:
+    """Move a job to CANCELLED (retrying a lost compare-and-set); False if it had finished."""
+    from queue_app.state import IllegalTransition, StaleAttempt
+
+    for _ in range(tries):
+        job = s.job(job_id)
+        if job.state in TERMINAL_STATES:
+            return False
+        try:
+            s.update_job(job_id, job.attempt, stop_requested="cancel")
+            s.transition(job_id, job.attempt, JobState.CANCELLED, reason="cancelled by user")
+            return True
+        except (IllegalTransition, StaleAttempt):
+            time.sleep(0.2)
+    return False
+
+
+# ---- fleet --------------------------------------------------------------------------------------
+
+
+@fleet_app.command("list")
+def fleet_list(
+    all_: Annotated[bool, typer.Option("--all", help="Include terminated instances.")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Instances saefleet launched (live ones unless --all)."""
+    instances = store().instances(live_only=not all_)
+    if json_out:
+        emit_json([i.model_dump(mode="json") | {"cost_usd": i.cost_usd()} for i in instances])
+    else:
+        console.print(instances_table(instances))
+
+
+@fleet_app.command("preempt")
+def fleet_preempt(instance_id: str) -> None:
+    """Kill a local-provider instance abruptly, as a spot interruption would."""
+    from jobs.providers.local import LocalProvider
+
+    settings = get_settings()
+    instance = store().instance(instance_id)
+    if instance.provider != "local":
+        fail("only local-provider instances can be preempted on purpose", code=2)
+    LocalProvider(settings.local_instances_dir).preempt(instance_id)
+    console.print(f"instance {instance_id} preempted")
+
+
+# ---- planning and the watchdog -----------------------------------------------------------------
+
+
+@app.command()
+def plan(file: Path, json_out: JsonFlag = False) -> None:
+    """What a sweep would run on, and what it would cost (live prices or the dated catalog)."""
+    from queue_app.cli_plan import plan_command
+
+    raise typer.Exit(plan_command(file, json_out))
+
+
+watchdog_app = typer.Typer(help="The watchdog (cost caps, liveness, resume).", no_args_is_help=True)
+app.add_typer(watchdog_app, name="watchdog")
+
+
+@watchdog_app.command("tick")
+def watchdog_tick(
+    once: Annotated[bool, typer.Option("--once", help="Run one tick in the foreground.")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Run the watchdog's checks now and print what they did."""
+    from watchdog.cli import tick_command
+
+    raise typer.Exit(tick_command(once, json_out))
+
+
+# ---- demo ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    jobs: Annotated[int, typer.Option(help="Jobs in the demo sweep (k values).")] = 3,
+) -> None:
+    """Start the control plane if needed and run a small sweep on the local provider."""
+    from queue_app.demo import run_demo
+
+    raise typer.Exit(run_demo(console, jobs))
+
+
+# ---- operations (issue 7) ----
+
+
+def _register_operations() -> None:
+    """Operator commands; each lives in its own module (ops/, queue_app/)."""
+    from ops.drain import drain_command
+    from ops.job_logs import logs_command
+    from ops.services import service_command
+    from ops.teardown import teardown_command
+    from queue_app.flower import flower_command
+    from queue_app.report import report_command
+    from queue_app.status_view import status_command
+
+    queue_app_ = typer.Typer(help="The task queue.", no_args_is_help=True)
+    app.add_typer(queue_app_, name="queue")
+    queue_app_.command("drain")(drain_command)
+    fleet_app.command("teardown")(teardown_command)
+    app.command("status")(status_command)
+    sweep_app.command("report")(report_command)
+    app.command("logs")(logs_command)
+    app.command("flower")(flower_command)
+    app.command("service")(service_command)
+
+
+_register_operations()
+
+
+# ---- benchmarks (issue 8) ----
+
+bench_app = typer.Typer(help="Benchmarks of saefleet itself.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+bench_app.command("queue")(bench_queue_command)
+
+
+# ---- entry point --------------------------------------------------------------------------------
+
+
+def main() -> None:
+    """Console-script entry: maps our errors onto exit codes and one clear message."""
+    try:
+        code = app(standalone_mode=False)  # a typer.Exit comes back as its code
+        sys.exit(code if isinstance(code, int) else 0)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (SpecError, BadInput) as exc:
+        print_error(str(exc))
+        sys.exit(2)
+    except NotFoundError as exc:
+        print_error(str(exc))
+        sys.exit(2)
+    except redis.exceptions.ConnectionError:
+        err.print(
+            "[red]error:[/] cannot reach saefleet's Redis: start the control plane with "
+            "`saefleet up` (or set SAEFLEET_REDIS_URL)",
+            highlight=False,
+        )
+        sys.exit(1)
+    except controlplane.ProcessError as exc:
+        print_error(str(exc))
+        sys.exit(1)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except Exception as exc:  # click's usage errors carry their own exit code
+        code = getattr(exc, "exit_code", None)
+        if code is not None:
+            show = getattr(exc, "show", None)
+            if show:
+                show()
+            sys.exit(code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""`saefleet plan FILE [--json]`: what a sweep would run on and what it would cost.
+
+Live Lambda prices and capacity when an API key is configured (LAMBDA_API_KEY or
+SAEFLEET_LAMBDA_API_KEY_FILE), else the dated built-in catalog with a stale warning; the local
+provider is priced with the sweep's own `price_per_hour`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from jobs.planner import SweepPlan, plan_sweep
+from jobs.providers.errors import AuthError
+from jobs.providers.lambda_cloud import LambdaCloud, from_settings, read_api_key
+from jobs.spec import SpecError, SweepSpec, load_sweep_file
+from queue_app.settings import get_settings
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+PLAIN_WIDTH = 140
+
+
+def plan_command(file: Path, json_out: bool) -> int:
+    """Print the plan of sweep file `file` (a table, or JSON); returns the exit code."""
+    try:
+        spec = load_sweep_file(file)
+        with ExitStack() as stack:
+            provider, notes = _live_provider(spec)
+            if provider is not None:
+                stack.callback(provider.close)
+            plan = plan_sweep(spec, provider)
+    except SpecError as exc:
+        print(f"error: {'; '.join(str(exc).splitlines())}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if json_out:
+        print(json.dumps(plan.model_dump(mode="json"), indent=2))
+    else:
+        print_plan(plan, notes)
+    return EXIT_OK
+
+
+def _live_provider(spec: SweepSpec) -> tuple[LambdaCloud | None, list[str]]:
+    """A Lambda client when the sweep runs on Lambda and a key is configured."""
+    if spec.provider.name != "lambda":
+        return None, []
+    settings = get_settings()
+    try:
+        if read_api_key(settings) is None:
+            return None, []
+        return from_settings(settings), []
+    except AuthError as exc:
+        return None, [f"{exc}; using the built-in catalog"]
+
+
+def print_plan(plan: SweepPlan, notes: list[str] | None = None) -> None:
+    """The plan for people: warnings, the candidate table, the pick and the totals."""
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console.width = PLAIN_WIDTH
+    jobs = len(plan.jobs)
+    console.print(
+        f"Plan for sweep [bold]{plan.sweep}[/bold]: {jobs} job{'s' * (jobs != 1)} on "
+        f"{plan.provider}, {plan.capacity.replace('_', '-')}, prices: {plan.price_source}"
+    )
+    for warning in [*(notes or []), *plan.warnings]:
+        console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
+    console.print(_candidates_table(plan))
+    if len(plan.jobs) > 1:
+        console.print(_jobs_table(plan))
+    if plan.pick is not None:
+        console.print(
+            f"Pick: {plan.pick.instance_type} in {plan.pick.region} at "
+            f"${plan.pick.price_per_hour:.2f}/h (then the next cheapest on no capacity)"
+        )
+    else:
+        console.print("Pick: none has capacity now; submit would wait for capacity")
+    console.print(_totals(plan))
+    if plan.jobs:
+        console.print(f"Throughput: {plan.jobs[0].basis}", soft_wrap=True)
+    refusal = plan.budget_refusal()
+    if refusal:
+        console.print(f"[red]Over budget:[/red] {refusal}", soft_wrap=True)
+
+
+def _candidates_table(plan: SweepPlan) -> Table:
+    table = Table(title="Instance types that fit every job, cheapest first")
+    for column in ("type", "GPU", "GB", "$/h", "regions", "tokens/s", "h/job", "$/job", "$ sweep"):
+        text = column in ("type", "GPU", "regions")
+        table.add_column(column, justify="left" if text else "right")
+    for row in plan.candidates:
+        table.add_row(
+            row.instance_type,
+            row.description,
+            f"{row.gpu_memory_gb:g}",
+            f"{row.price_per_hour:.2f}",
+            ", ".join(row.regions) or "no capacity",
+            _number(row.tokens_per_s, "{:,.0f}"),
+            _number(row.hours_per_job, "{:.2f}"),
+            _number(row.cost_per_job_usd, "{:.2f}"),
+            _number(row.sweep_cost_usd, "{:.2f}"),
+        )
+    return table
+
+
+def _jobs_table(plan: SweepPlan) -> Table:
+    table = Table(title="Jobs on their pick")
+    for column in ("#", "job", "type", "tokens", "h", "$"):
+        table.add_column(column, justify="left" if column in ("job", "type") else "right")
+    for job in plan.jobs:
+        table.add_row(
+            str(job.index),
+            job.name,
+            job.instance_type or "none fits",
+            f"{job.total_tokens:,}",
+            _number(job.hours, "{:.2f}"),
+            _number(job.cost_usd, "{:.2f}"),
+        )
+    return table
+
+
+def _totals(plan: SweepPlan) -> str:
+    budget = "no budget_usd" if plan.budget_usd is None else f"budget ${plan.budget_usd:.2f}"
+    if plan.estimated_cost_usd is None or plan.estimated_hours is None:
+        return f"Estimate: not available (see the warnings); {budget}"
+    return (
+        f"Estimate: {plan.estimated_hours:.2f} instance-hours, ${plan.estimated_cost_usd:.2f} "
+        f"for the sweep (setup {plan.setup_hours_per_job:.2f} h a job included); {budget}"
+    )
+
+
+def _number(value: float | None, fmt: str) -> str:
+    return "?" if value is None else fmt.format(value)

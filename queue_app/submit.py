@@ -1,0 +1,118 @@
+"""Submitting a sweep: the checks before anything is written (cost estimate against the budget,
+preflight of credentials and data), then the records for the sweep and every job in one Redis
+transaction, then the sweep chord. A sweep whose canvas cannot be sent is rolled back: nothing
+is left half-done."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+from jobs.instances import provider_for
+from jobs.planner import SweepPlan, plan_sweep
+from jobs.preflight import PreflightReport, run_preflight
+from jobs.providers import PermanentProviderError, Provider
+from jobs.spec import JobSpec, SweepSpec
+from queue_app.admission import check_admits_work
+from queue_app.canvas import sweep_chord
+from queue_app.settings import Settings
+from queue_app.state import JobRecord, JobState, Store, SweepRecord
+
+
+class SubmitRefused(Exception):
+    """The sweep must not be submitted as it is; each line says why and what to do."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def check_submission(
+    spec: SweepSpec, settings: Settings, *, force: bool = False
+) -> tuple[SweepPlan, PreflightReport]:
+    """The cost plan and the preflight; SubmitRefused when the estimate exceeds the budget
+    (unless `force`) or a preflight check failed. Nothing is launched or written."""
+    provider = _live_provider(spec, settings)
+    plan = plan_sweep(spec, provider)
+    refusal = plan.budget_refusal()
+    if refusal and not force:
+        raise SubmitRefused([refusal])
+    report = run_preflight(spec, settings, provider)
+    if not report.ok:
+        raise SubmitRefused([r.line() for r in report.failures])
+    return plan, report
+
+
+def _live_provider(spec: SweepSpec, settings: Settings) -> Provider | None:
+    """The provider to price and check against, when it can be reached (local: none needed)."""
+    if spec.provider.name == "local":
+        return None
+    try:
+        return provider_for(spec.provider, settings)
+    except PermanentProviderError:
+        return None  # the preflight reports the missing or invalid key
+
+
+def new_sweep_id() -> str:
+    return f"sw{secrets.token_hex(4)}"
+
+
+def job_id_for(sweep_id: str, index: int) -> str:
+    return f"{sweep_id}-{index:04d}"
+
+
+def job_records(sweep_id: str, spec: SweepSpec, jobs: list[JobSpec], now: float) -> list[JobRecord]:
+    provider = spec.provider.model_dump(mode="json")
+    return [
+        JobRecord(
+            job_id=job_id_for(sweep_id, job.index),
+            sweep_id=sweep_id,
+            index=job.index,
+            name=job.name,
+            state=JobState.QUEUED,
+            attempt=1,
+            spec={
+                "overrides": job.overrides,
+                "config": job.config.model_dump(mode="json", exclude_unset=True),
+                "provider": provider,
+            },
+            created_at=now,
+            updated_at=now,
+        )
+        for job in jobs
+    ]
+
+
+def submit_sweep(spec: SweepSpec, jobs: list[JobSpec], store: Store) -> SweepRecord:
+    """Write the records and send the chord; returns the sweep record (QueueDrained while the
+    queue is drained: nothing is written)."""
+    check_admits_work(store.r)
+    now = time.time()
+    sweep_id = new_sweep_id()
+    records = job_records(sweep_id, spec, jobs, now)
+    sweep = SweepRecord(
+        sweep_id=sweep_id,
+        name=spec.name,
+        created_at=now,
+        spec=spec.model_dump(mode="json"),
+        job_ids=[r.job_id for r in records],
+        budget_usd=spec.budget_usd,
+    )
+    store.create_sweep(sweep, records)
+    try:
+        result = sweep_chord(sweep_id, sweep.job_ids).apply_async()
+    except BaseException:
+        store.delete_sweep(sweep_id)
+        raise
+    _drop_result_subscriptions(result.backend)
+    return sweep
+
+
+def _drop_result_subscriptions(backend: object) -> None:
+    """Sweeps are followed through their records, never through result handles: close the
+    pub/sub subscriptions that publishing opened, now, instead of in destructors that would
+    run (and fail) while the interpreter shuts down."""
+    consumer = getattr(backend, "result_consumer", None)
+    if consumer is not None:
+        consumer.stop()
+        consumer.subscribed_to.clear()
