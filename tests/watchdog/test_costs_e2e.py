@@ -1,0 +1,55 @@
+"""A cost cap that trips mid-training, end to end: the watchdog sets the stop flag, training
+checkpoints and stops, the job ends COST_CAPPED with its last checkpoint kept and its instance
+terminated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobs.checkpoints import verify_pulled_checkpoint
+from queue_app.state import InstanceState, JobState
+from tests.support.fleet import ControlPlane, write_sweep
+from tests.watchdog.e2e import LONG_RUN, pulled_checkpoint_while_training, start_plane, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.sshd]
+
+
+def test_cost_cap_mid_training_stops_keeps_the_checkpoint_and_terminates(
+    plane: ControlPlane, fleet_assets: dict[str, Path], tmp_path: Path
+) -> None:
+    # $1 a second against a $5 cap: breached long before training starts, and acted on once
+    # beat runs, which this test starts only after the first checkpoint was pulled.
+    start_plane(plane, beat=False)
+    sweep_file = write_sweep(
+        tmp_path,
+        fleet_assets,
+        provider={"name": "local", "price_per_hour": 3600.0},
+        max_cost_usd=5,
+        **LONG_RUN,
+    )
+    sweep_id = plane.submit(sweep_file)
+    [job_id] = [j.job_id for j in plane.store.sweep_jobs(sweep_id)]
+    wait_for(
+        "a pulled checkpoint",
+        lambda: pulled_checkpoint_while_training(plane.store, job_id),
+        timeout_s=240,
+    )
+    plane.start_beat(interval_s=1.0)
+
+    sweep = plane.wait_sweep(sweep_id, timeout_s=180)
+
+    job = plane.store.job(job_id)
+    assert sweep.finalize_runs == 1
+    assert job.state is JobState.COST_CAPPED and job.stop_requested == "cost_cap"
+    assert job.reason and "cost_cap" in job.reason and "last checkpoint kept" in job.reason
+    kept = plane.settings.checkpoints_dir(sweep_id, job_id) / (job.latest_checkpoint or "")
+    assert verify_pulled_checkpoint(kept)
+    [attempt] = plane.store.attempts(job_id)
+    assert attempt.segment_stopped
+    [instance] = plane.store.instances()
+    assert instance.state is InstanceState.TERMINATED and instance.terminated_at
+    assert plane.running_instances() == []
+    log = (plane.home / "logs" / "control.out").read_text()
+    assert "watchdog costs: stop-requested" in log

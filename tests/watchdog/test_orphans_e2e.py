@@ -1,0 +1,37 @@
+"""Orphans, end to end: an instance of ours created outside any job is reaped by beat's ticks
+after the grace period; an instance without our name prefix is left alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobs.instances import fleet_keypair
+from jobs.providers import LaunchRequest
+from jobs.providers.local import INSTANCE_TYPE, REGION
+from tests.support.fleet import ControlPlane
+from tests.watchdog.e2e import start_plane, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.sshd]
+
+
+def test_orphan_created_outside_any_job_is_reaped(plane: ControlPlane, tmp_path: Path) -> None:
+    start_plane(plane)
+    provider = plane.local_provider()
+    _, public_key = fleet_keypair(plane.settings)
+
+    def launch(name: str) -> str:
+        request = LaunchRequest(
+            name=name, instance_type=INSTANCE_TYPE, region=REGION, ssh_public_key=public_key
+        )
+        return provider.launch(request).id
+
+    orphan, foreign = launch("sf-made-by-hand"), launch("not-ours")
+
+    wait_for("the orphan to be terminated", lambda: provider.get(orphan).status.gone, 60)
+
+    assert not provider.get(foreign).status.gone
+    log = (plane.home / "logs" / "control.out").read_text()
+    assert f"watchdog orphans: terminated {orphan}" in log
+    assert "not an instance of any saefleet job" in log

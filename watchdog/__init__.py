@@ -1,0 +1,1 @@
+"""The beat schedule and its checks: costs, liveness, interruptions, orphans, stuck jobs."""

@@ -1,0 +1,96 @@
+"""The watchdog's three interventions, each idempotent and fenced by the job's attempt:
+
+- `interrupt`: mark the attempt PREEMPTED, revoke its in-flight training segment, terminate its
+  instance. The control-plane stage that follows the job sees PREEMPTED and resumes as
+  attempt+1 from the newest checkpoint (jobs.stage_base.resume); the watchdog never builds
+  chains itself.
+- `cost_cap`: the job ends COST_CAPPED (its last pulled checkpoint is kept), segment revoked,
+  instance terminated.
+- `terminate_instance`: ask the provider to terminate an instance (already gone is success).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from jobs.instances import request_termination
+from jobs.providers import Provider, ProviderError
+from queue_app.state import IllegalTransition, JobState, StaleAttempt
+from watchdog.context import TickContext
+from watchdog.fleet import Tracked
+
+log = logging.getLogger(__name__)
+
+
+def segment_task_id(job_id: str, attempt: int, segment: int) -> str:
+    """The task id `supervise_training` gives a training segment."""
+    return f"seg-{job_id}-a{attempt}-{segment}"
+
+
+def provider_of(ctx: TickContext, tracked: Tracked) -> Provider:
+    return ctx.providers(tracked.provider_spec)
+
+
+def interrupt(ctx: TickContext, check: str, tracked: Tracked, why: str) -> bool:
+    """Preempt the tracked instance's attempt; False when the job already moved on."""
+    job, instance = tracked.job, tracked.instance
+    if job is None:
+        return False
+    checkpoint = f"latest {job.latest_checkpoint}" if job.latest_checkpoint else "none yet"
+    reason = (
+        f"{why}; resuming as attempt {instance.attempt + 1} from the newest checkpoint that "
+        f"verifies ({checkpoint}) unless max_attempts or max_preemptions is reached"
+    )
+    try:
+        ctx.store.transition(
+            job.job_id,
+            instance.attempt,
+            JobState.PREEMPTED,
+            reason=reason,
+            preemptions=job.preemptions + 1,
+        )
+    except (StaleAttempt, IllegalTransition) as exc:
+        log.info("%s: not preempting %s, it moved on: %s", check, job.job_id, exc)
+        return False
+    ctx.store.end_attempt(job.job_id, instance.attempt, reason)
+    ctx.report.add(check, "preempted", job.job_id, reason)
+    _stop_attempt(ctx, check, tracked)
+    return True
+
+
+def cost_cap(ctx: TickContext, tracked: Tracked, why: str) -> bool:
+    """End the job COST_CAPPED now; False when it already moved on."""
+    job, instance = tracked.job, tracked.instance
+    if job is None:
+        return False
+    kept = job.latest_checkpoint or "no checkpoint was taken"
+    reason = f"{why}; instance terminated, last checkpoint kept ({kept})"
+    try:
+        ctx.store.transition(job.job_id, instance.attempt, JobState.COST_CAPPED, reason=reason)
+    except (StaleAttempt, IllegalTransition) as exc:
+        log.info("cost cap: not capping %s, it moved on: %s", job.job_id, exc)
+        return False
+    ctx.store.end_attempt(job.job_id, instance.attempt, reason)
+    ctx.report.add("costs", "capped", job.job_id, reason)
+    _stop_attempt(ctx, "costs", tracked)
+    return True
+
+
+def terminate_instance(ctx: TickContext, check: str, tracked: Tracked, why: str) -> None:
+    """Ask the provider to terminate the instance; a failure is retried next tick."""
+    try:
+        request_termination(ctx.store, provider_of(ctx, tracked), tracked.instance)
+    except ProviderError as exc:
+        ctx.report.error(check, tracked.instance.instance_id, f"terminate failed: {exc}")
+        return
+    ctx.report.add(check, "terminated", tracked.instance.instance_id, why)
+
+
+def _stop_attempt(ctx: TickContext, check: str, tracked: Tracked) -> None:
+    """Revoke the attempt's training segment (if any) and terminate its instance."""
+    attempt, instance = tracked.attempt, tracked.instance
+    if attempt is not None and attempt.segment > 0:
+        ctx.revoke(segment_task_id(attempt.job_id, attempt.attempt, attempt.segment))
+    terminate_instance(
+        ctx, check, tracked, f"attempt {instance.attempt} of job {instance.job_id} ended"
+    )
