@@ -1,0 +1,1 @@
+"""Operator scripts: drain the queue, tear down the fleet, status."""
