@@ -1,0 +1,66 @@
+"""Session-wide fixtures: a private Redis server, an isolated SAEFLEET_HOME per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from queue_app.settings import Settings
+from queue_app.state import Store
+from tests.support.fleet import ControlPlane, control_plane, make_assets
+from tests.support.servers import private_redis, require_sshd
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a redis-server started for this test session on a free port."""
+    with private_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> Iterator[str]:
+    """The session Redis, emptied before each test (it is ours alone)."""
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    yield redis_server
+    client.close()
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An isolated SAEFLEET_HOME."""
+    path = tmp_path / "home"
+    path.mkdir()
+    monkeypatch.setenv("SAEFLEET_HOME", str(path))
+    return path
+
+
+@pytest.fixture
+def settings(home: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings pointing at the test Redis and an isolated home, with fast polling."""
+    monkeypatch.setenv("SAEFLEET_REDIS_URL", redis_url)
+    monkeypatch.setenv("SAEFLEET_POLL_INTERVAL_S", "0.3")
+    return Settings()
+
+
+@pytest.fixture
+def store(redis_url: str) -> Store:
+    return Store(redis.Redis.from_url(redis_url, decode_responses=True))
+
+
+@pytest.fixture(scope="session")
+def fleet_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny LM and synthetic PII corpus every end-to-end job trains on (made once)."""
+    return make_assets(tmp_path_factory.mktemp("assets"))
+
+
+@pytest.fixture
+def plane(home: Path, redis_url: str) -> Iterator[ControlPlane]:
+    """A real control plane for one test (start the services the test needs on it)."""
+    require_sshd()
+    with control_plane(home, redis_url) as started:
+        yield started

@@ -1,0 +1,45 @@
+"""Submission checks through the CLI: the budget refusal, --force, and a drained-free enqueue
+that writes the sweep and its jobs in one go (no workers needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from queue_app.state import JobState
+from tests.support.fleet import ControlPlane, write_sweep
+
+
+def test_over_budget_is_refused_with_the_numbers_unless_forced(
+    plane: ControlPlane, fleet_assets: dict[str, Path], tmp_path: Path
+) -> None:
+    path = write_sweep(
+        tmp_path,
+        fleet_assets,
+        grid={"sae.k": [4, 8]},
+        provider={"name": "local", "price_per_hour": 500.0},
+        **{"train.total_tokens": 50_000_000},
+    )
+    text = path.read_text().replace("name: e2e", "name: e2e\nbudget_usd: 1.0")
+    path.write_text(text)
+
+    refused = plane.run("sweep", "submit", str(path))
+    assert refused.returncode == 2, refused.stderr
+    assert "exceeds" in refused.stderr and "budget" in refused.stderr
+    assert "--force" in refused.stderr
+    assert plane.store.r.keys("sf:*") == []
+
+    forced = plane.run("sweep", "submit", str(path), "--force", "--json")
+    assert forced.returncode == 0, forced.stderr
+    [sweep_id] = plane.store.sweep_ids()
+    jobs = plane.store.sweep_jobs(sweep_id)
+    assert [j.state for j in jobs] == [JobState.QUEUED] * 2
+    assert [j.spec["overrides"] for j in jobs] == [{"sae.k": 4}, {"sae.k": 8}]
+
+
+def test_missing_local_model_fails_preflight(plane: ControlPlane, tmp_path: Path) -> None:
+    assets = {"model": tmp_path / "nope", "corpus": tmp_path / "corpus.jsonl"}
+    assets["corpus"].write_text('{"text": "hello"}\n')
+    result = plane.run("sweep", "submit", str(write_sweep(tmp_path, assets)))
+    assert result.returncode == 2
+    assert "FAILED" in result.stderr and str(tmp_path / "nope") in result.stderr
+    assert plane.store.r.keys("sf:*") == []

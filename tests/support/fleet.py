@@ -1,0 +1,248 @@
+"""End-to-end fixtures: a real control plane for one test (Celery control worker, tunnel service
+and optionally beat as subprocesses against the test Redis, an isolated SAEFLEET_HOME), the tiny
+LM and corpus the jobs train on, and sweep files built from them.
+
+Everything started here is stopped at teardown, local instances (detached sshd processes)
+included, even when the test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jobs.providers.local import LocalProvider
+from queue_app.processes import stop_process
+from queue_app.settings import Settings
+from queue_app.state import Store, SweepRecord, connect
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_job(assets: dict[str, Path], **overrides: Any) -> dict[str, Any]:
+    """A base job that trains in seconds on the tiny LM (CPU)."""
+    job: dict[str, Any] = {
+        "model": str(assets["model"]),
+        "layer": 1,
+        "dataset": str(assets["corpus"]),
+        "context_len": 64,
+        "sae": {"n_latents": 256, "k": 8, "aux_k": 32},
+        "train": {
+            "total_tokens": 16_384,
+            "batch_tokens": 512,
+            "lr": 1e-3,
+            "warmup_steps": 4,
+            "dtype": "fp32",
+        },
+        "early_stop": {"enabled": False, "val_tokens": 1024},
+        "evals": {"holdout_tokens": 2048},
+        "segment_minutes": 0.05,
+        "gpu": {"require_gpu": False},
+    }
+    for path, value in overrides.items():
+        node = job
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return job
+
+
+def write_sweep(
+    directory: Path,
+    assets: dict[str, Path],
+    grid: dict[str, list[Any]] | None = None,
+    name: str = "e2e",
+    provider: dict[str, Any] | None = None,
+    **job_overrides: Any,
+) -> Path:
+    spec = {
+        "name": name,
+        "provider": provider or {"name": "local"},
+        "job": tiny_job(assets, **job_overrides),
+        "grid": grid or {},
+    }
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def make_assets(directory: Path) -> dict[str, Path]:
+    """The tiny LM and a synthetic PII chat corpus, made by the SAE package's own CLI."""
+    model, corpus = directory / "tiny-lm", directory / "corpus.jsonl"
+    if not (model / "config.json").exists():
+        subprocess.run([sys.executable, "-m", "sae", "make-tiny-lm", str(model)], check=True)
+    if not corpus.exists():
+        subprocess.run(
+            [sys.executable, "-m", "sae", "make-corpus", str(corpus), "--n", "400", "--seed", "0"],
+            check=True,
+        )
+    return {"model": model, "corpus": corpus}
+
+
+class ControlPlane:
+    """Control-plane services of one test, as real subprocesses."""
+
+    def __init__(self, home: Path, redis_url: str, poll_interval_s: float = 0.3) -> None:
+        self.home = home
+        self.env = {
+            **os.environ,
+            "SAEFLEET_HOME": str(home),
+            "SAEFLEET_REDIS_URL": redis_url,
+            "SAEFLEET_POLL_INTERVAL_S": str(poll_interval_s),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.settings = Settings(home=home, redis_url=redis_url)  # type: ignore[arg-type]
+        self.store: Store = connect(redis_url)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    # ---- services -------------------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        logs = self.home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / f"{name}.out", "ab") as out:
+            self.procs[name] = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**self.env, "SAEFLEET_SERVICE_NAME": name, **(env or {})},
+                cwd=REPO,
+                start_new_session=True,
+            )
+
+    def start_control(self, concurrency: int = 3, app: str = "queue_app.celery_app") -> None:
+        """The control worker; `app` names the module with the Celery app it runs (a test may
+        wrap the real one, e.g. to inject provider faults)."""
+        self._spawn(
+            "control",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                app,
+                "worker",
+                "-Q",
+                "control,watchdog",
+                "-c",
+                str(concurrency),
+                "-n",
+                f"control-{os.getpid()}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel",
+                "INFO",
+            ],
+        )
+        self.wait_for_worker("control-")
+
+    def start_tunnels(self) -> None:
+        self._spawn("tunnels", [sys.executable, "-m", "jobs.tunnels"])
+
+    def start_beat(self, interval_s: float = 2.0, name: str = "beat") -> None:
+        """Celery beat sending watchdog ticks; another `name` starts one more beat beside it."""
+        self._spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "watchdog.schedule",
+                "beat",
+                "-s",
+                str(self.home / f"celery{name}-schedule"),
+                "--loglevel",
+                "INFO",
+            ],
+            env={"SAEFLEET_WATCHDOG_INTERVAL_S": str(interval_s)},
+        )
+
+    def stop(self, name: str, kill: bool = False) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return
+        if kill:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
+        stop_process(proc.pid, timeout_s=20)
+        with suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+
+    def wait_for_worker(self, prefix: str, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            out = self.cli("inspect-ping", check=False)
+            if prefix in out:
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"no worker named {prefix}* answered; see {self.home / 'logs'}")
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run the saefleet CLI (or `inspect-ping`) with the test's environment."""
+        if args and args[0] == "inspect-ping":
+            argv = [sys.executable, "-m", "celery", "-A", "queue_app.celery_app", "inspect", "ping"]
+        else:
+            argv = [sys.executable, "-m", "queue_app.cli", *args]
+        return subprocess.run(
+            argv, env=self.env, cwd=REPO, capture_output=True, text=True, check=False
+        )
+
+    def cli(self, *args: str, check: bool = True) -> str:
+        """The CLI's output (stdout; stdout + stderr when it failed)."""
+        proc = self.run(*args)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc.stdout if proc.returncode == 0 else proc.stdout + proc.stderr
+
+    # ---- sweeps ---------------------------------------------------------------------------------
+
+    def submit(self, sweep_file: Path) -> str:
+        out = self.cli("sweep", "submit", str(sweep_file), "--json")
+        return str(json.loads(out)["sweep_id"])
+
+    def wait_sweep(self, sweep_id: str, timeout_s: float = 240.0) -> SweepRecord:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            sweep = self.store.sweep(sweep_id)
+            if sweep.finished_at:
+                return sweep
+            time.sleep(0.5)
+        states = {j.job_id: f"{j.state} ({j.reason})" for j in self.store.sweep_jobs(sweep_id)}
+        raise TimeoutError(f"sweep {sweep_id} not finished after {timeout_s}s: {states}")
+
+    def local_provider(self) -> LocalProvider:
+        return LocalProvider(self.settings.local_instances_dir)
+
+    def running_instances(self) -> list[str]:
+        """Local instances the provider still runs (what a crash could leave billing)."""
+        return [i.id for i in self.local_provider().list(include_foreign=True) if not i.status.gone]
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+        if self.settings.local_instances_dir.exists():
+            provider = self.local_provider()
+            for instance in provider.list(include_foreign=True):
+                with suppress(Exception):
+                    provider.terminate(instance.id)
+        self.store.r.close()
+
+
+@contextmanager
+def control_plane(home: Path, redis_url: str, **kwargs: Any) -> Iterator[ControlPlane]:
+    plane = ControlPlane(home, redis_url, **kwargs)
+    try:
+        yield plane
+    finally:
+        plane.close()
