@@ -9,10 +9,14 @@ restores the unacknowledged messages with a new Redis client built from the deta
 `AttributeError: 'NoneType' object has no attribute 'hostname'` in `_connparams`, which nothing
 catches ("Unrecoverable error", the worker exits).
 
+The same detached transport crashes the worker when a task that was running during the drop
+finishes and its message is acknowledged (or rejected) before the consumer has reconnected.
+
 The fix: a channel whose transport was detached leaves its unacknowledged messages where they
-are, in Redis's unacked hash; the transport's visibility-timeout restore
-(`unacked_restore_interval`, see queue_app.celery_app) delivers them again, as it does for a
-worker that was killed. Found by tests/faults/test_redis_restart.py.
+are, in Redis's unacked hash, and forgets them locally; the transport's visibility-timeout
+restore (`unacked_restore_interval`, see queue_app.celery_app) delivers them again, as it does
+for a worker that was killed, and the stages treat the repeat as a duplicate. Found by
+tests/faults/test_redis_restart.py.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import functools
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual.base import QoS as VirtualQoS
 
 
 def apply() -> None:
@@ -28,14 +33,42 @@ def apply() -> None:
     qos = kombu_redis.QoS
     if getattr(qos.restore_unacked, "_saefleet_patched", False):
         return
-    restore = qos.restore_unacked
+    restore, ack, reject = qos.restore_unacked, qos.ack, qos.reject
 
     @functools.wraps(restore)
     def restore_unacked(self: kombu_redis.QoS, client: Any = None) -> Any:
-        if client is None and self.channel.connection.client is None:
-            self._delivered.clear()  # still unacked in Redis: the visibility timeout restores
+        if client is None and _detached(self):
+            self._delivered.clear()
             return None
         return restore(self, client)
 
+    @functools.wraps(ack)
+    def ack_unless_detached(self: kombu_redis.QoS, delivery_tag: Any) -> None:
+        if _detached(self):
+            _forget(self, delivery_tag)
+            return
+        ack(self, delivery_tag)
+
+    @functools.wraps(reject)
+    def reject_unless_detached(
+        self: kombu_redis.QoS, delivery_tag: Any, requeue: bool = False
+    ) -> None:
+        if _detached(self):
+            _forget(self, delivery_tag)
+            return
+        reject(self, delivery_tag, requeue)
+
     restore_unacked._saefleet_patched = True  # type: ignore[attr-defined]
     qos.restore_unacked = restore_unacked
+    qos.ack = ack_unless_detached
+    qos.reject = reject_unless_detached
+
+
+def _detached(qos: kombu_redis.QoS) -> bool:
+    """The channel's transport was detached from its connection (the connection dropped)."""
+    return qos.channel.connection.client is None
+
+
+def _forget(qos: kombu_redis.QoS, delivery_tag: Any) -> None:
+    """Drop the message from this worker's bookkeeping; Redis keeps it unacked."""
+    VirtualQoS.ack(qos, delivery_tag)

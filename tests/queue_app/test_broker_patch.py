@@ -26,3 +26,21 @@ def test_a_detached_channel_leaves_unacked_messages_for_the_visibility_timeout(
         channel.close()  # unpatched: AttributeError 'NoneType' object has no attribute 'hostname'
     unacked = redis.Redis.from_url(redis_url).hlen("unacked")
     assert unacked == 1
+
+
+def test_an_ack_after_the_transport_was_detached_leaves_the_message_unacked(
+    redis_url: str,
+) -> None:
+    """A task that finishes while the connection is down acks into a detached transport."""
+    broker_patch.apply()
+    queue = Queue("patch-ack", Exchange("patch-ack"), "patch-ack")
+    with Connection(redis_url) as conn:
+        conn.Producer().publish(
+            {"n": 2}, exchange=queue.exchange, routing_key="patch-ack", declare=[queue]
+        )
+        channel = conn.channel()
+        message = queue(channel).get(no_ack=False)
+        assert message is not None
+        conn.transport.client = None
+        message.ack()  # unpatched: AttributeError 'NoneType' object has no attribute 'client'
+    assert redis.Redis.from_url(redis_url).hexists("unacked", message.delivery_tag)
