@@ -120,14 +120,19 @@ def stage(name: str, **task_options: Any) -> Callable[[Callable[[StageContext], 
     """Register `body` as the Celery task of lifecycle stage `name`."""
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}")
-    return stage_task(stage_task_name(name), name, **task_options)
+    return stage_task(stage_task_name(name), name, keeps_result=name == STAGES[-1], **task_options)
 
 
 def stage_task(
-    task_name: str, name: str, **task_options: Any
+    task_name: str, name: str, *, keeps_result: bool = False, **task_options: Any
 ) -> Callable[[Callable[[StageContext], Any]], Task]:
     """Register `body` as Celery task `task_name`, run by `run_stage` as stage `name`: the
-    lifecycle stages use it through `stage`, the queue benchmark for its no-op stages."""
+    lifecycle stages use it through `stage`, the queue benchmark for its no-op stages.
+
+    Only the chain's last stage (`keeps_result`) stores its result in the backend: a chain
+    hands each result to the next stage inside the message, the sweep chord counts its
+    headers whether or not they store one, and nobody reads the others; storing them would
+    cost a Redis round trip per stage and memory until they expire."""
 
     def register(body: Callable[[StageContext], Any]) -> Task:
         def run(task: Task, ref: dict[str, Any]) -> dict[str, Any]:
@@ -137,7 +142,7 @@ def stage_task(
         run.__doc__ = body.__doc__
         # Waits are polls (Task.retry); how long a stage may wait is bounded by the stage
         # itself (deadlines in the attempt record), never by Celery's retry counter.
-        options = {"max_retries": None, **task_options}
+        options = {"max_retries": None, "ignore_result": not keeps_result, **task_options}
         return app.task(bind=True, name=task_name, **options)(run)
 
     return register

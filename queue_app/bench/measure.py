@@ -30,7 +30,14 @@ from celery import chain, chord
 
 from jobs.pipeline import JobRef
 from jobs.spec import JobSpec, SweepSpec, load_sweep_file
-from queue_app.bench.tasks import NOOP_STAGES, app, noop_finalize, plain_app, plain_noop
+from queue_app.bench.tasks import (
+    NOOP_HEADER,
+    NOOP_STAGES,
+    app,
+    noop_finalize,
+    plain_app,
+    plain_noop,
+)
 from queue_app.settings import get_settings
 from queue_app.state import Store, SweepRecord, get_store
 from queue_app.submit import check_submission, job_records, submit_sweep
@@ -262,7 +269,7 @@ def _plain_chord() -> None:
 
 
 def _our_chord(sweep_id: str, refs: list[JobRef]) -> None:
-    header = [NOOP_STAGES[0].s(ref.message()) for ref in refs]
+    header = [NOOP_HEADER.s(ref.message()) for ref in refs]
     chord(header, noop_finalize.s(sweep_id=sweep_id)).apply_async().get(RESULT_TIMEOUT_S)
 
 

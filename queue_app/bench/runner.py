@@ -36,7 +36,7 @@ WORKER_PROCESSES = 2
 MEASURE_TIMEOUT_S = 900.0
 
 
-def run_benchmark(rounds: int = 2) -> dict[str, Any]:
+def run_benchmark(rounds: int = 4) -> dict[str, Any]:
     """Measure everything once; returns the report (see `report`)."""
     with tempfile.TemporaryDirectory(prefix="saefleet-queue-bench-") as tmp:
         workdir = Path(tmp)
@@ -238,7 +238,7 @@ def verdicts(result: dict[str, Any]) -> list[str]:
 
 def bench_queue_command(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    rounds: Annotated[int, typer.Option(min=1, help="Rounds of every measurement.")] = 2,
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds of every measurement.")] = 4,
 ) -> None:
     """Plain Celery vs saefleet's stage machinery on a private Redis; submit of 1,000 jobs."""
     result = run_benchmark(rounds)

@@ -55,8 +55,15 @@ def _advance_to(target: JobState) -> Callable[[StageContext], None]:
 
 
 NOOP_STAGES: tuple[Task, ...] = tuple(
-    stage_task(f"{NOOP_PREFIX}stage{i}", f"noop{i}")(_advance_to(target))
+    stage_task(f"{NOOP_PREFIX}stage{i}", f"noop{i}", keeps_result=i == len(SUCCESS_PATH))(
+        _advance_to(target)
+    )
     for i, target in enumerate(SUCCESS_PATH, 1)
+)
+
+# A chord header, like a job chain's last stage (`terminate`), stores its result.
+NOOP_HEADER: Task = stage_task(f"{NOOP_PREFIX}header", "noop_header", keeps_result=True)(
+    _advance_to(SUCCESS_PATH[0])
 )
 
 
@@ -66,4 +73,4 @@ def noop_finalize(results: list[dict[str, Any]], sweep_id: str) -> int:
     return get_store().finish_sweep(sweep_id, f"{len(results)} results")
 
 
-__all__ = ["NOOP_STAGES", "app", "noop_finalize", "plain_app", "plain_noop"]
+__all__ = ["NOOP_HEADER", "NOOP_STAGES", "app", "noop_finalize", "plain_app", "plain_noop"]
