@@ -65,8 +65,10 @@ def apply() -> None:
 
 
 def _detached(qos: kombu_redis.QoS) -> bool:
-    """The channel's transport was detached from its connection (the connection dropped)."""
-    return qos.channel.connection.client is None
+    """The channel's transport was detached from its connection (the connection dropped), or
+    the channel was closed since."""
+    transport = qos.channel.connection
+    return transport is None or transport.client is None
 
 
 def _forget(qos: kombu_redis.QoS, delivery_tag: Any) -> None:

@@ -44,3 +44,19 @@ def test_an_ack_after_the_transport_was_detached_leaves_the_message_unacked(
         conn.transport.client = None
         message.ack()  # unpatched: AttributeError 'NoneType' object has no attribute 'client'
     assert redis.Redis.from_url(redis_url).hexists("unacked", message.delivery_tag)
+
+
+def test_an_ack_after_the_channel_was_closed_leaves_the_message_unacked(redis_url: str) -> None:
+    broker_patch.apply()
+    queue = Queue("patch-closed", Exchange("patch-closed"), "patch-closed")
+    with Connection(redis_url) as conn:
+        conn.Producer().publish(
+            {"n": 3}, exchange=queue.exchange, routing_key="patch-closed", declare=[queue]
+        )
+        channel = conn.channel()
+        message = queue(channel).get(no_ack=False)
+        assert message is not None
+        conn.transport.client = None
+        channel.close()  # the consumer closes it after a lost connection; the task still runs
+        message.ack()  # unpatched: AttributeError 'NoneType' object has no attribute 'client'
+    assert redis.Redis.from_url(redis_url).hexists("unacked", message.delivery_tag)
