@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 the work failed, 2 bad input (config, paths, arguments).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -92,7 +93,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from sae.bench import print_table, run_benchmark
 
-    results = run_benchmark(steps=args.steps, quick=args.quick)
+    # The reference libraries print notices to stdout; --json output must stay parseable.
+    with contextlib.redirect_stdout(sys.stderr):
+        results = run_benchmark(steps=args.steps, quick=args.quick)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
     if args.json:

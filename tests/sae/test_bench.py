@@ -1,3 +1,7 @@
+import json
+import subprocess
+import sys
+
 from sae.bench import bench_size, loss_curve_match
 
 
@@ -12,3 +16,14 @@ def test_bench_row_has_a_ratio_per_measured_reference():
     assert row["ours"] > 0 and row["ratio_vs_dense"] > 0
     for name in ("sparsify", "sae_lens"):
         assert isinstance(row[name], str) or row[f"ratio_vs_{name}"] > 0
+
+
+def test_json_output_parses_even_when_a_reference_library_prints():
+    proc = subprocess.run(
+        [sys.executable, "-m", "sae", "bench", "--quick", "--json", "--steps", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    assert set(json.loads(proc.stdout)) == {"machine", "sizes", "loss_match", "extraction"}
