@@ -42,8 +42,9 @@ from jobs.spec import (
 )
 from queue_app.cli import main
 from queue_app.settings import Settings
-from queue_app.state import JobRecord, JobState, Store, SweepRecord
+from queue_app.state import JobState, Store
 from queue_app.submit import check_submission
+from tests.queue_app.records import make_sweep
 from tests.support.fleet import REPO
 
 FUZZ = hypothesis_settings(
@@ -525,24 +526,8 @@ def test_unknown_ids(ident: str, settings: Settings, store: Store) -> None:
 
 
 def _finished_sweep(store: Store, state: JobState) -> tuple[str, str]:
-    sweep_id, job_id = "swdone", "swdone-0000"
-    now = 1.0
-    job = JobRecord(
-        job_id=job_id,
-        sweep_id=sweep_id,
-        index=0,
-        name="done",
-        state=state,
-        attempt=1,
-        spec={},
-        created_at=now,
-        updated_at=now,
-    )
-    store.create_sweep(
-        SweepRecord(sweep_id=sweep_id, name="done", created_at=now, spec={}, job_ids=[job_id]),
-        [job],
-    )
-    return sweep_id, job_id
+    [job] = make_sweep(store, "swdone", [state])
+    return job.sweep_id, job.job_id
 
 
 def _snapshot(store: Store) -> dict[str, Any]:
