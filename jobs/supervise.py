@@ -22,7 +22,7 @@ from queue_app.state import AttemptRecord, InstanceRecord, JobState
 log = logging.getLogger(__name__)
 
 RESEND_AFTER_S = 60.0  # a segment still "sent" this long after sending lost its message
-PULL_LEASE_S = 30 * 60.0
+PULL_LEASE_S = 60.0  # renewed while a pull runs; lapses this soon after its holder is killed
 STOP_STATES = {"cost_cap": JobState.COST_CAPPED, "cancel": JobState.CANCELLED}
 
 
@@ -73,7 +73,7 @@ def _pull_checkpoint(ctx: StageContext, instance: InstanceRecord, record: Attemp
     """Copy the segment's checkpoint into the artifact store and verify it there."""
     if not record.segment_checkpoint:
         raise StageFailed(f"segment {record.segment} finished without a checkpoint")
-    with ctx.store.lease(f"pull:{ctx.ref.job_id}", PULL_LEASE_S) as held:
+    with ctx.store.lease(f"pull:{ctx.ref.job_id}", PULL_LEASE_S, renew=True) as held:
         if not held:
             ctx.poll()  # another copy of this task is pulling
         name = posixpath.basename(record.segment_checkpoint.rstrip("/"))

@@ -196,3 +196,23 @@ def test_segment_protocol(store: Store) -> None:
     store.begin_attempt(job_id, 2)
     with pytest.raises(StaleAttempt):
         store.start_segment(job_id, 1, 2)
+
+
+def test_a_renewed_lease_outlives_its_ttl_while_held(store: Store) -> None:
+    with store.lease("pull", 0.3, renew=True) as held:
+        assert held
+        time.sleep(1.0)
+        with store.lease("pull", 0.3) as other:
+            assert not other
+    with store.lease("pull", 0.3) as again:
+        assert again  # released on the way out
+
+
+def test_a_lease_whose_holder_stopped_lapses_after_its_ttl(store: Store) -> None:
+    # What a SIGKILLed holder leaves: nobody renews or releases it.
+    store.r.set("sf:lease:pull", "dead-holder", px=300)
+    with store.lease("pull", 0.3) as held:
+        assert not held
+    time.sleep(0.5)
+    with store.lease("pull", 0.3) as held:
+        assert held
