@@ -18,6 +18,7 @@ from typing import Any
 
 from celery import Celery, Task
 
+from jobs.pipeline import SUCCESS_PATH
 from jobs.stage_base import StageContext, stage_task
 from queue_app.celery_app import app
 from queue_app.settings import get_settings
@@ -25,16 +26,7 @@ from queue_app.state import JobState, get_store
 
 PLAIN_QUEUE = "bench.plain"
 NOOP_PREFIX = "saefleet.noop."
-SUCCESS_PATH = (
-    JobState.PROVISIONING,
-    JobState.BOOTING,
-    JobState.VERIFYING,
-    JobState.BOOTSTRAPPING,
-    JobState.TRAINING,
-    JobState.COLLECTING,
-    JobState.TERMINATING,
-    JobState.SUCCEEDED,
-)
+TARGETS = SUCCESS_PATH[1:]  # the states the no-op stages move a QUEUED job through, in order
 
 _url = get_settings().broker_url
 plain_app = Celery("bench-plain", broker=_url, backend=_url)
@@ -55,15 +47,15 @@ def _advance_to(target: JobState) -> Callable[[StageContext], None]:
 
 
 NOOP_STAGES: tuple[Task, ...] = tuple(
-    stage_task(f"{NOOP_PREFIX}stage{i}", f"noop{i}", keeps_result=i == len(SUCCESS_PATH))(
+    stage_task(f"{NOOP_PREFIX}stage{i}", f"noop{i}", keeps_result=i == len(TARGETS))(
         _advance_to(target)
     )
-    for i, target in enumerate(SUCCESS_PATH, 1)
+    for i, target in enumerate(TARGETS, 1)
 )
 
 # A chord header, like a job chain's last stage (`terminate`), stores its result.
 NOOP_HEADER: Task = stage_task(f"{NOOP_PREFIX}header", "noop_header", keeps_result=True)(
-    _advance_to(SUCCESS_PATH[0])
+    _advance_to(TARGETS[0])
 )
 
 
