@@ -277,6 +277,12 @@ class LocalProvider:
                 record = self._load(instance_id)
                 if record.ended is not None:
                     return
+                # Frozen first, sshd accepts no connection while its sessions are stopped: a
+                # session forked during the kill would outlive its killed parent unrecognised.
+                listener = self._sshd_pid(record)
+                if listener is not None:
+                    with suppress(ProcessLookupError):
+                        os.kill(listener, signal.SIGSTOP)
                 _stop_processes(instance_id, self._dir(instance_id) / "sshd_config", grace_s)
                 self._save(record.model_copy(update={"ended": how, "ended_at": time.time()}))
         log.info("local instance %s %s", instance_id, how)
@@ -429,7 +435,7 @@ def _stop_processes(instance_id: str, sshd_config: Path, grace_s: float) -> None
     if grace_s > 0:
         pids = _instance_pids(instance_id, sshd_config)
         _signal_all(pids, signal.SIGTERM)
-        _wait_gone(pids, grace_s)
+        _wait_gone({pid for pid in pids if not _is_stopped(pid)}, grace_s)
     for _ in range(_KILL_ROUNDS):
         pids = _instance_pids(instance_id, sshd_config)
         if not pids:
@@ -437,6 +443,14 @@ def _stop_processes(instance_id: str, sshd_config: Path, grace_s: float) -> None
         _signal_all(pids, signal.SIGKILL)
         _wait_gone(pids, 1.0)
     raise ProviderError(f"processes of local instance {instance_id} survive SIGKILL: {pids}")
+
+
+def _is_stopped(pid: int) -> bool:
+    """The process is stopped (SIGSTOP): a frozen sshd that only SIGKILL will end."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    except (OSError, IndexError):
+        return False
 
 
 def _signal_all(pids: set[int], sig: signal.Signals) -> None:
