@@ -1,1 +1,2 @@
-"""Lifecycle-stage tasks, providers, the SSH layer and sweep specs."""
+"""Sweep specs, providers, the SSH layer, the lifecycle-stage tasks and their canvas, the planner,
+preflight and submission."""

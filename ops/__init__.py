@@ -1,1 +1,2 @@
-"""Operator scripts: drain the queue, tear down the fleet, status."""
+"""Everything a person types: the `saefleet` CLI, status views, the demo, reports, Flower, the
+control-plane services, drain, teardown and the queue benchmark."""

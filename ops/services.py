@@ -1,7 +1,7 @@
 """`saefleet service NAME`: one long-running service in the foreground, as compose.yaml runs it.
 
 `control`, `beat` and `tunnels` are exactly the command lines `saefleet up` starts detached
-(queue_app.controlplane owns them); `gpu-worker` is the GPU-side Celery worker (role gpu, one
+(ops.controlplane owns them); `gpu-worker` is the GPU-side Celery worker (role gpu, one
 process) consuming one training queue. `--check` is the container healthcheck: the worker
 answers a ping, or the service runs as the container's main process (or under `saefleet up`).
 """
@@ -25,7 +25,7 @@ CONTAINER_MAIN_PID = 1
 
 def service_argv(settings: Settings, name: str, gpu_queue: str | None) -> tuple[list[str], str]:
     """The command line of service `name` and the text its command line is recognised by."""
-    from queue_app.controlplane import celery_services
+    from ops.controlplane import celery_services
 
     if name == GPU_WORKER:
         if not gpu_queue:
@@ -73,7 +73,7 @@ def healthy(settings: Settings, name: str, marker: str) -> bool:
             return bool(app.control.ping(destination=[node], timeout=PING_TIMEOUT_S, limit=1))
         finally:
             app.close()
-    from queue_app.controlplane import pidfile
+    from ops.controlplane import pidfile
 
     # In a container the service is process 1 (`saefleet service` execs it); on a host,
     # `saefleet up` keeps its pid file.

@@ -1,1 +1,3 @@
-"""The control plane: Celery app, routing, state store, canvas builders and the CLI."""
+"""The queue core: settings, records and state machine, the Redis store, the Celery app and its
+routing, the broker patch, admission, logs, notifications and process spawning. It knows nothing
+of the command line (import-linter holds it to that)."""

@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import click
 import redis
 
 log = logging.getLogger(__name__)
@@ -35,9 +34,8 @@ class DrainState:
     keep: list[str] = field(default_factory=list)
 
 
-class QueueDrained(click.ClickException):
-    """New work is refused while the queue is drained (a ClickException: the CLI prints the
-    message and exits 1)."""
+class QueueDrained(Exception):
+    """New work is refused while the queue is drained (the CLI prints the message and exits 1)."""
 
     def __init__(self, state: DrainState) -> None:
         since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(state.since))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTROL_PLANE = [
-    "queue_app.cli",
+    "ops.cli",
     "queue_app.celery_app",
     "jobs.stages",
     "jobs.sweep_tasks",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from queue_app.cli import app
+from ops.cli import app
 from queue_app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

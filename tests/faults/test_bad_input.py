@@ -40,10 +40,10 @@ from jobs.spec import (
     SweepSpec,
     load_sweep_file,
 )
-from queue_app.cli import main
+from jobs.submission import check_submission
+from ops.cli import main
 from queue_app.settings import Settings
 from queue_app.state import JobState, Store
-from queue_app.submit import check_submission
 from tests.queue_app.records import make_sweep
 from tests.support.fleet import REPO
 
@@ -564,7 +564,7 @@ def run_saefleet(settings: Settings, *args: str) -> subprocess.CompletedProcess[
         "SAEFLEET_HOME": str(settings.home),
         "SAEFLEET_REDIS_URL": settings.broker_url,
     }
-    argv = [sys.executable, "-m", "queue_app.cli", *args]
+    argv = [sys.executable, "-m", "ops.cli", *args]
     return subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, check=False)
 
 

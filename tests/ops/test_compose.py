@@ -13,7 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from queue_app.cli import app
+from ops.cli import app
 from tests.support.fleet import REPO
 
 COMPOSE = REPO / "compose.yaml"
@@ -90,8 +90,8 @@ def test_commands_and_healthchecks_match_our_cli(services: dict[str, dict[str, A
 
 
 def test_service_names_are_those_the_control_plane_runs() -> None:
+    from ops.controlplane import celery_services
     from ops.services import service_argv
-    from queue_app.controlplane import celery_services
     from queue_app.settings import Settings
 
     settings = Settings()

@@ -121,7 +121,7 @@ class Flow:
 
 def run(plane: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "queue_app.cli", *args],
+        [sys.executable, "-m", "ops.cli", *args],
         check=False,
         env=plane.env,
         cwd=REPO,

@@ -6,8 +6,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from ops.cli import app
 from ops.services import service_argv
-from queue_app.cli import app
 from queue_app.settings import Settings
 
 

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from jobs.providers import InstanceStatus, LaunchRequest
 from jobs.providers.local import INSTANCE_TYPE, REGION, LocalProvider
 from jobs.ssh import ensure_keypair
+from ops.cli import app
 from queue_app.admission import drain_state
-from queue_app.cli import app
 from queue_app.processes import free_port
 from queue_app.settings import Settings
 from queue_app.state import InstanceState, JobState, Store

@@ -193,7 +193,7 @@ class ControlPlane:
         if args and args[0] == "inspect-ping":
             argv = [sys.executable, "-m", "celery", "-A", "queue_app.celery_app", "inspect", "ping"]
         else:
-            argv = [sys.executable, "-m", "queue_app.cli", *args]
+            argv = [sys.executable, "-m", "ops.cli", *args]
         return subprocess.run(
             argv, env=self.env, cwd=REPO, capture_output=True, text=True, check=False
         )

@@ -4,7 +4,7 @@ private Redis, and the submit of a 1,000-job sweep.
 It starts its own redis-server (AOF on, as in production) in a temporary directory, runs the
 publish phase (nothing consumes), starts one plain and one saefleet worker (2 processes each),
 runs the latency phase, and stops every process it started, also on failure. The measurements
-themselves run in `queue_app.bench.measure`, in a process whose environment names that Redis.
+themselves run in `ops.bench.measure`, in a process whose environment names that Redis.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def workers(workdir: Path, env: dict[str, str]) -> Iterator[None]:
     pids: list[int] = []
     try:
         for name, target, queue in (
-            ("plain", "queue_app.bench.tasks:plain_app", "bench.plain"),
-            ("saefleet", "queue_app.bench.tasks:app", "control"),
+            ("plain", "ops.bench.tasks:plain_app", "bench.plain"),
+            ("saefleet", "ops.bench.tasks:app", "control"),
         ):
             argv = [
                 sys.executable,
@@ -93,7 +93,7 @@ def _env(workdir: Path, url: str) -> dict[str, str]:
 
 
 def _measure(phase: str, workdir: Path, rounds: int, env: dict[str, str]) -> dict[str, Any]:
-    argv = [sys.executable, "-m", "queue_app.bench.measure", phase, str(workdir), str(rounds)]
+    argv = [sys.executable, "-m", "ops.bench.measure", phase, str(workdir), str(rounds)]
     proc = subprocess.run(
         argv, env=env, capture_output=True, text=True, timeout=MEASURE_TIMEOUT_S, check=False
     )

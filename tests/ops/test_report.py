@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from queue_app.cli import app
-from queue_app.report import final_metric, write_report
+from ops.cli import app
+from ops.report import final_metric, write_report
 from queue_app.settings import Settings
 from queue_app.state import JobState, Store
 from tests.queue_app.records import add_instance, make_sweep

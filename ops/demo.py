@@ -19,12 +19,12 @@ from rich.console import Console
 from rich.table import Table
 
 from jobs.spec import load_sweep_file
-from queue_app import controlplane
-from queue_app.follow import SweepTimeout, follow_sweep
+from jobs.submission import submit_sweep
+from ops import controlplane
+from ops.follow import SweepTimeout, follow_sweep
+from ops.views import job_cost
 from queue_app.settings import Settings, get_settings
 from queue_app.state import JobState, Store, get_store
-from queue_app.submit import submit_sweep
-from queue_app.views import job_cost
 
 K_VALUES = (8, 16, 32, 64)
 TIMEOUT_S = 30 * 60

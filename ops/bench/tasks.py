@@ -7,7 +7,7 @@
   `queue_app.celery_app`), with bodies that only advance the job one state: stage i moves it to
   the i-th state of the success path, as the real chain does with a provider and training.
 
-The benchmark's workers load this module (`celery -A queue_app.bench.tasks:plain_app` and
+The benchmark's workers load this module (`celery -A ops.bench.tasks:plain_app` and
 `... :app`); both apps read the Redis URL from `SAEFLEET_REDIS_URL`.
 """
 

@@ -14,17 +14,18 @@ from rich.console import Console
 from rich.markup import escape
 
 from jobs.spec import SpecError, load_sweep_file
-from queue_app import controlplane
-from queue_app.bench.runner import bench_queue_command
-from queue_app.settings import get_settings
-from queue_app.state import TERMINAL_STATES, JobState, NotFoundError, Store, get_store
-from queue_app.views import (
+from ops import controlplane
+from ops.bench.runner import bench_queue_command
+from ops.views import (
     attempts_table,
     instances_table,
     job_json,
     jobs_table,
     sweep_json,
 )
+from queue_app.admission import QueueDrained
+from queue_app.settings import get_settings
+from queue_app.state import TERMINAL_STATES, JobState, NotFoundError, Store, get_store
 
 console = Console()
 err = Console(stderr=True)
@@ -95,7 +96,7 @@ def sweep_submit(
     json_out: JsonFlag = False,
 ) -> None:
     """Validate a sweep file, check its cost and credentials, enqueue its jobs."""
-    from queue_app.submit import SubmitRefused, check_submission, submit_sweep
+    from jobs.submission import SubmitRefused, check_submission, submit_sweep
 
     spec = load_sweep_file(file)
     jobs = spec.expand()
@@ -126,7 +127,7 @@ def sweep_status(sweep_id: str, json_out: JsonFlag = False) -> None:
     if json_out:
         emit_json(sweep_json(s, sweep))
         return
-    from queue_app.status_view import fleet_status, render
+    from ops.status_view import fleet_status, render
 
     console.print(render(fleet_status(s, sweep_id)))
     if sweep.finished_at:
@@ -152,7 +153,7 @@ def sweep_cancel(sweep_id: str) -> None:
 
 def follow_sweep(sweep_id: str, json_out: bool) -> None:
     """Wait for the sweep (progress bars for humans); exit 1 unless every job succeeded."""
-    from queue_app.follow import follow_sweep as follow
+    from ops.follow import follow_sweep as follow
 
     s = store()
     if json_out:
@@ -279,7 +280,7 @@ def fleet_preempt(instance_id: str) -> None:
 @app.command()
 def plan(file: Path, json_out: JsonFlag = False) -> None:
     """What a sweep would run on, and what it would cost (live prices or the dated catalog)."""
-    from queue_app.cli_plan import plan_command
+    from ops.cli_plan import plan_command
 
     raise typer.Exit(plan_command(file, json_out))
 
@@ -294,7 +295,7 @@ def watchdog_tick(
     json_out: JsonFlag = False,
 ) -> None:
     """Run the watchdog's checks now and print what they did."""
-    from watchdog.cli import tick_command
+    from ops.watchdog_cli import tick_command
 
     raise typer.Exit(tick_command(once, json_out))
 
@@ -307,7 +308,7 @@ def demo(
     jobs: Annotated[int, typer.Option(help="Jobs in the demo sweep (k values).")] = 3,
 ) -> None:
     """Start the control plane if needed and run a small sweep on the local provider."""
-    from queue_app.demo import run_demo
+    from ops.demo import run_demo
 
     raise typer.Exit(run_demo(console, jobs))
 
@@ -318,12 +319,12 @@ def demo(
 def _register_operations() -> None:
     """Operator commands; each lives in its own module (ops/, queue_app/)."""
     from ops.drain import drain_command
+    from ops.flower import flower_command
     from ops.job_logs import logs_command
+    from ops.report import report_command
     from ops.services import service_command
+    from ops.status_view import status_command
     from ops.teardown import teardown_command
-    from queue_app.flower import flower_command
-    from queue_app.report import report_command
-    from queue_app.status_view import status_command
 
     queue_app_ = typer.Typer(help="The task queue.", no_args_is_help=True)
     app.add_typer(queue_app_, name="queue")
@@ -369,7 +370,7 @@ def main() -> None:
             highlight=False,
         )
         sys.exit(1)
-    except controlplane.ProcessError as exc:
+    except (controlplane.ProcessError, QueueDrained) as exc:
         print_error(str(exc))
         sys.exit(1)
     except (typer.Abort, KeyboardInterrupt):

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from queue_app.flower import FlowerConfigError, credentials, is_loopback, prepare
+from ops.flower import FlowerConfigError, credentials, is_loopback, prepare
 from queue_app.processes import cmdline, free_port, stop_process, wait_for_port
 from queue_app.settings import Settings
 from tests.support.fleet import REPO, ControlPlane
@@ -64,7 +64,7 @@ def flower(plane: ControlPlane) -> Iterator[tuple[str, subprocess.Popen[bytes]]]
     err = plane.home / "flower-cli.err"
     with open(err, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "queue_app.cli", "flower", "--port", str(port)],
+            [sys.executable, "-m", "ops.cli", "flower", "--port", str(port)],
             env=plane.env,
             cwd=REPO,
             stdout=out,

@@ -8,13 +8,13 @@ from __future__ import annotations
 import secrets
 import time
 
+from jobs.canvas import sweep_chord
 from jobs.instances import provider_for
 from jobs.planner import SweepPlan, plan_sweep
 from jobs.preflight import PreflightReport, run_preflight
 from jobs.providers import PermanentProviderError, Provider
 from jobs.spec import JobSpec, SweepSpec
 from queue_app.admission import check_admits_work
-from queue_app.canvas import sweep_chord
 from queue_app.settings import Settings
 from queue_app.state import JobRecord, JobState, Store, SweepRecord
 

@@ -1,6 +1,6 @@
 """The queue benchmark's measurements, run in a process of their own whose environment points
-at the benchmark's private Redis (`python -m queue_app.bench.measure <phase> <workdir> <rounds>`;
-prints one JSON object). `queue_app.bench.runner` starts Redis and the workers around the phases.
+at the benchmark's private Redis (`python -m ops.bench.measure <phase> <workdir> <rounds>`;
+prints one JSON object). `ops.bench.runner` starts Redis and the workers around the phases.
 
 Phases:
 - `publish` (no worker consumes): enqueue rate of plain Celery and of saefleet stage messages,
@@ -30,7 +30,8 @@ from celery import chain, chord
 
 from jobs.pipeline import JobRef
 from jobs.spec import JobSpec, SweepSpec, load_sweep_file
-from queue_app.bench.tasks import (
+from jobs.submission import check_submission, job_records, submit_sweep
+from ops.bench.tasks import (
     NOOP_HEADER,
     NOOP_STAGES,
     app,
@@ -40,7 +41,6 @@ from queue_app.bench.tasks import (
 )
 from queue_app.settings import get_settings
 from queue_app.state import Store, SweepRecord, get_store
-from queue_app.submit import check_submission, job_records, submit_sweep
 
 CHAIN_LENGTH = len(NOOP_STAGES)
 CHORD_HEADERS = 100
@@ -176,7 +176,7 @@ def submit_in_process(path: Path, rounds: int) -> dict[str, Any]:
 
 def submit_cli(path: Path) -> float:
     """Seconds `saefleet sweep submit` of the file takes, process start included."""
-    argv = [sys.executable, "-m", "queue_app.cli", "sweep", "submit", str(path), "--json"]
+    argv = [sys.executable, "-m", "ops.cli", "sweep", "submit", str(path), "--json"]
     started = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - started

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from queue_app.bench.runner import STAGE_RATIO_TARGET, SUBMIT_TARGET_S, report, verdicts
+from ops.bench.runner import STAGE_RATIO_TARGET, SUBMIT_TARGET_S, report, verdicts
 from queue_app.processes import cmdline
 from tests.support.fleet import REPO
 
@@ -64,7 +64,7 @@ def test_verdicts_say_which_target_was_missed() -> None:
 @pytest.mark.slow
 def test_a_real_run_reports_every_shape_and_stops_what_it_started() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "queue_app.cli", "bench", "queue", "--json", "--rounds", "1"],
+        [sys.executable, "-m", "ops.cli", "bench", "queue", "--json", "--rounds", "1"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -86,6 +86,6 @@ def test_a_real_run_reports_every_shape_and_stops_what_it_started() -> None:
     leftovers = [
         pid
         for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-        if "saefleet-queue-bench-" in cmdline(pid) or "queue_app.bench.tasks" in cmdline(pid)
+        if "saefleet-queue-bench-" in cmdline(pid) or "ops.bench.tasks" in cmdline(pid)
     ]
     assert leftovers == []

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from queue_app import controlplane
+from ops import controlplane
 from queue_app.processes import free_port, pid_alive
 from queue_app.settings import Settings
 
@@ -33,7 +33,7 @@ def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settin
 
 def saefleet(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "queue_app.cli", *args],
+        [sys.executable, "-m", "ops.cli", *args],
         capture_output=True,
         text=True,
         env=os.environ.copy(),

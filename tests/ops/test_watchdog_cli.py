@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from ops.watchdog_cli import tick_command
 from queue_app.settings import Settings
 from queue_app.state import Store
-from watchdog.cli import tick_command
 from watchdog.tick import TICK_LEASE
 
 

@@ -9,10 +9,10 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from queue_app.cli import app
+from ops.cli import app
+from ops.status_view import fleet_status, render
 from queue_app.settings import Settings
 from queue_app.state import JobState, Store
-from queue_app.status_view import fleet_status, render
 from tests.queue_app.records import add_instance, make_sweep
 
 NOW = 1_800_000_000.0

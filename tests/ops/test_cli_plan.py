@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from jobs.providers.lambda_cloud import shared_pacer
-from queue_app.cli_plan import plan_command
+from ops.cli_plan import plan_command
 from tests.support.fake_lambda import FakeLambda, running_fake_lambda
 
 EXAMPLE = Path(__file__).parents[2] / "jobs" / "examples" / "llama31-8b-pii.yaml"
