@@ -18,7 +18,8 @@ from jobs.ssh import SSHSession
 from jobs.stage_base import StageContext, StageFailed, stage
 from jobs.tunnels import tunnel_broker_url
 from queue_app.celery_app import app, train_queue
-from queue_app.state import InstanceRecord, JobState
+from queue_app.records import InstanceRecord
+from queue_app.statemachine import JobState
 
 log = logging.getLogger(__name__)
 

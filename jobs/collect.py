@@ -11,7 +11,7 @@ from jobs.instances import open_ssh
 from jobs.remote import layout_for
 from jobs.ssh import SSHError
 from jobs.stage_base import StageContext, StageFailed, stage
-from queue_app.state import JobState
+from queue_app.statemachine import JobState
 
 log = logging.getLogger(__name__)
 

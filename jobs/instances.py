@@ -7,10 +7,12 @@ import logging
 from pathlib import Path
 
 from jobs.providers import InstanceStatus, NotFound, Provider, get_provider
-from jobs.spec import ProviderSpec
 from jobs.ssh import SSHSession, SSHTarget, connect, ensure_keypair
+from queue_app.jobspec import ProviderSpec
+from queue_app.records import InstanceRecord
 from queue_app.settings import Settings
-from queue_app.state import InstanceRecord, InstanceState, JobRecord, Store
+from queue_app.statemachine import InstanceState
+from queue_app.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +26,6 @@ def provider_for(spec: ProviderSpec, settings: Settings) -> Provider:
     if key not in _providers:
         _providers[key] = get_provider(spec, settings)
     return _providers[key]
-
-
-def job_provider_spec(job: JobRecord) -> ProviderSpec:
-    return ProviderSpec.model_validate(job.spec["provider"])
 
 
 def fleet_keypair(settings: Settings) -> tuple[Path, str]:

@@ -12,7 +12,7 @@ from celery import Signature, chain
 from pydantic import BaseModel, ConfigDict
 
 from queue_app.celery_app import app
-from queue_app.state import JobState
+from queue_app.statemachine import JobState
 
 STAGES = (
     "provision",

@@ -24,8 +24,9 @@ from jobs.providers.errors import ProviderError
 from jobs.providers.local import INSTANCE_TYPE as LOCAL_TYPE
 from jobs.providers.local import REGION as LOCAL_REGION
 from jobs.providers.local import SPOT_PRICE_FRACTION
-from jobs.spec import JobConfig, JobSpec, ProviderSpec, SweepSpec
+from jobs.spec import SweepSpec
 from jobs.throughput import Throughput, estimate, gpu_device, model_shape
+from queue_app.jobspec import JobConfig, JobSpec, ProviderSpec
 
 # Billed time around training on a cloud instance: booting (the seed guide: 5-10 min) plus
 # bootstrap and the model download (an assumption: ~5 min for a 16 GB model).

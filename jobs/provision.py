@@ -7,7 +7,7 @@ import logging
 import time
 from typing import NoReturn
 
-from jobs.instances import fleet_keypair, job_provider_spec
+from jobs.instances import fleet_keypair
 from jobs.planner import Candidate, plan_launch
 from jobs.providers import (
     CapacityError,
@@ -19,7 +19,8 @@ from jobs.providers import (
     instance_name,
 )
 from jobs.stage_base import InstanceLost, StageContext, StageFailed, backoff, stage
-from queue_app.state import InstanceRecord, InstanceState, JobState
+from queue_app.records import InstanceRecord
+from queue_app.statemachine import InstanceState, JobState
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def _find_by_name(ctx: StageContext, name: str) -> Instance | None:
 
 def _launch(ctx: StageContext, name: str) -> Instance:
     job = ctx.store.job(ctx.ref.job_id)
-    candidates = plan_launch(ctx.config, job_provider_spec(job), ctx.provider, job.preemptions)
+    candidates = plan_launch(ctx.config, job.job_spec.provider, ctx.provider, job.preemptions)
     _, public_key = fleet_keypair(ctx.settings)
     refused: list[str] = []
     for candidate in candidates:
@@ -62,7 +63,7 @@ def _launch(ctx: StageContext, name: str) -> Instance:
             region=candidate.region,
             capacity=candidate.capacity,
             ssh_public_key=public_key,
-            file_system=job_provider_spec(job).file_system,
+            file_system=job.job_spec.provider.file_system,
         )
         try:
             instance = ctx.provider.launch(request)

@@ -6,8 +6,8 @@ import posixpath
 import sys
 from dataclasses import dataclass
 
+from queue_app.records import InstanceRecord
 from queue_app.settings import Settings
-from queue_app.state import InstanceRecord
 
 
 @dataclass(frozen=True)

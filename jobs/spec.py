@@ -1,5 +1,6 @@
-"""Sweep and job specifications: a sweep file (YAML) validated into `SweepSpec`, expanded into
-one `JobSpec` per grid point.
+"""Sweep files: a sweep file (YAML) validated into `SweepSpec`, expanded into one
+`queue_app.jobspec.JobSpec` per grid point (the job models live in the queue core, because the
+job records hold them).
 
 Validation happens once, here, at the edge; a bad file raises `SpecError` whose message names
 the field and the problem, before anything is written anywhere.
@@ -11,12 +12,12 @@ import copy
 import itertools
 import re
 from pathlib import Path
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from sae.config import RunConfig
+from queue_app.jobspec import JobConfig, JobSpec, ProviderSpec, SpecModel
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -31,71 +32,7 @@ class SpecError(ValueError):
     """A sweep file or spec is invalid; the message says where and why."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class ProviderSpec(_Strict):
-    """Where instances come from."""
-
-    name: Literal["local", "lambda"] = Field("local", description="Provider to launch on.")
-    price_per_hour: float | None = Field(
-        None, ge=0, description="local: what the cost code charges per instance-hour."
-    )
-    boot_delay_s: float = Field(0.0, ge=0, le=3600, description="local: seconds spent booting.")
-    preempt_rate: float = Field(
-        0.0,
-        ge=0,
-        le=3600,
-        description="local: expected spot preemptions per instance-hour (chaos runs; 0: none).",
-    )
-    regions: list[str] | None = Field(None, description="Only launch in these regions.")
-    instance_types: list[str] | None = Field(None, description="Only launch these types.")
-    file_system: str | None = Field(None, description="Persistent filesystem for checkpoints.")
-
-    @model_validator(mode="after")
-    def _local_only_fields(self) -> Self:
-        if self.name != "local":
-            for field in ("price_per_hour", "boot_delay_s", "preempt_rate"):
-                if field in self.model_fields_set:
-                    raise ValueError(f"provider.{field} applies only to provider 'local'")
-        return self
-
-
-class GPUSpec(_Strict):
-    """What the instance must offer."""
-
-    min_vram_gb: float = Field(0.0, ge=0, description="Free GPU memory the job needs.")
-    count: int = Field(1, ge=1, le=8, description="GPUs per instance.")
-    require_gpu: bool = Field(
-        True, description="Fail verification without a CUDA GPU (false lets a job run on CPU)."
-    )
-
-
-class JobConfig(RunConfig):
-    """One job: a training run plus how the fleet runs it."""
-
-    segment_minutes: float = Field(
-        30.0, gt=0, le=24 * 60, description="Longest training segment between checkpoints."
-    )
-    gpu: GPUSpec = GPUSpec()
-    capacity: Literal["spot", "on_demand", "auto"] = Field(
-        "auto", description="spot, on-demand, or spot until max_preemptions then on-demand."
-    )
-    max_preemptions: int = Field(3, ge=0, description="Preemptions tolerated (see capacity).")
-    max_attempts: int = Field(5, ge=1, le=50, description="Attempts before the job fails.")
-    max_cost_usd: float | None = Field(None, gt=0, description="Cost cap for this job.")
-    max_wait_for_capacity_s: float = Field(
-        3600.0, ge=0, description="How long provisioning waits for capacity before failing."
-    )
-
-    def run_config(self) -> RunConfig:
-        """The training-run part of this job (what the GPU-side trainer reads)."""
-        fields = set(RunConfig.model_fields)
-        return RunConfig.model_validate(self.model_dump(include=fields, exclude_unset=True))
-
-
-class SweepSpec(_Strict):
+class SweepSpec(SpecModel):
     """A sweep file: a base job and a grid of overrides."""
 
     name: str = Field(..., description="Letters, digits, '.', '_' and '-' (at most 48).")
@@ -139,17 +76,16 @@ class SweepSpec(_Strict):
                 _set_path(raw, path, value)
             config = _validate(JobConfig, raw, "job", overrides)
             name = ",".join(f"{p}={v}" for p, v in overrides.items()) or self.name
-            jobs.append(JobSpec(index=index, name=name, overrides=overrides, config=config))
+            jobs.append(
+                JobSpec(
+                    index=index,
+                    name=name,
+                    overrides=overrides,
+                    config=config,
+                    provider=self.provider,
+                )
+            )
         return jobs
-
-
-class JobSpec(_Strict):
-    """One grid point: the job's full config and the overrides that made it."""
-
-    index: int
-    name: str
-    overrides: dict[str, Any]
-    config: JobConfig
 
 
 def _set_path(raw: dict[str, Any], path: str, value: Any) -> None:

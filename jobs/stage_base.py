@@ -28,27 +28,20 @@ import redis
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 
-from jobs.instances import job_provider_spec, provider_for, provider_lost_instance
+from jobs.instances import provider_for, provider_lost_instance
 from jobs.instances import request_termination as _request_termination
 from jobs.pipeline import STAGES, JobRef, job_is_past, stage_chain, stage_task_name
 from jobs.providers import Provider
 from jobs.results import job_result
-from jobs.spec import JobConfig
 from queue_app.celery_app import app
+from queue_app.connection import get_store
+from queue_app.jobspec import JobConfig
 from queue_app.logs import log_context
 from queue_app.notify import Event, notify
+from queue_app.records import AttemptRecord, InstanceRecord, JobRecord
 from queue_app.settings import Settings, get_settings
-from queue_app.state import (
-    AttemptRecord,
-    IllegalTransition,
-    InstanceRecord,
-    JobRecord,
-    JobState,
-    NotFoundError,
-    StaleAttempt,
-    Store,
-    get_store,
-)
+from queue_app.statemachine import IllegalTransition, JobState, NotFoundError, StaleAttempt
+from queue_app.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +74,13 @@ class StageContext:
     job: JobRecord
     started: float = field(default_factory=time.time)
 
-    @cached_property
+    @property
     def config(self) -> JobConfig:
-        return JobConfig.model_validate(self.job.spec["config"])
+        return self.job.job_spec.config
 
     @cached_property
     def provider(self) -> Provider:
-        return provider_for(job_provider_spec(self.job), self.settings)
+        return provider_for(self.job.job_spec.provider, self.settings)
 
     def attempt(self) -> AttemptRecord:
         return self.store.attempt(self.ref.job_id, self.ref.attempt)
@@ -277,7 +270,7 @@ def pass_on(ctx: StageContext) -> dict[str, Any]:
     `terminate`, the chain's last stage, the job's result (the sweep chord gets data even when
     terminate itself failed)."""
     if ctx.stage == STAGES[-1]:
-        return job_result(ctx.store, ctx.ref.job_id)
+        return job_result(ctx.store, ctx.ref.job_id).model_dump(mode="json")
     return ctx.ref.message()
 
 

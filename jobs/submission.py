@@ -13,10 +13,13 @@ from jobs.instances import provider_for
 from jobs.planner import SweepPlan, plan_sweep
 from jobs.preflight import PreflightReport, run_preflight
 from jobs.providers import PermanentProviderError, Provider
-from jobs.spec import JobSpec, SweepSpec
+from jobs.spec import SweepSpec
 from queue_app.admission import check_admits_work
+from queue_app.jobspec import JobSpec
+from queue_app.records import JobRecord, SweepRecord
 from queue_app.settings import Settings
-from queue_app.state import JobRecord, JobState, Store, SweepRecord
+from queue_app.statemachine import JobState
+from queue_app.store import Store
 
 
 class SubmitRefused(Exception):
@@ -61,8 +64,7 @@ def job_id_for(sweep_id: str, index: int) -> str:
     return f"{sweep_id}-{index:04d}"
 
 
-def job_records(sweep_id: str, spec: SweepSpec, jobs: list[JobSpec], now: float) -> list[JobRecord]:
-    provider = spec.provider.model_dump(mode="json")
+def job_records(sweep_id: str, jobs: list[JobSpec], now: float) -> list[JobRecord]:
     return [
         JobRecord(
             job_id=job_id_for(sweep_id, job.index),
@@ -71,11 +73,7 @@ def job_records(sweep_id: str, spec: SweepSpec, jobs: list[JobSpec], now: float)
             name=job.name,
             state=JobState.QUEUED,
             attempt=1,
-            spec={
-                "overrides": job.overrides,
-                "config": job.config.model_dump(mode="json", exclude_unset=True),
-                "provider": provider,
-            },
+            spec=job.stored(),
             created_at=now,
             updated_at=now,
         )
@@ -89,7 +87,7 @@ def submit_sweep(spec: SweepSpec, jobs: list[JobSpec], store: Store) -> SweepRec
     check_admits_work(store.r)
     now = time.time()
     sweep_id = new_sweep_id()
-    records = job_records(sweep_id, spec, jobs, now)
+    records = job_records(sweep_id, jobs, now)
     sweep = SweepRecord(
         sweep_id=sweep_id,
         name=spec.name,

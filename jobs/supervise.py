@@ -17,7 +17,8 @@ from jobs.instances import open_ssh
 from jobs.remote import layout_for
 from jobs.stage_base import StageContext, StageFailed, stage
 from queue_app.celery_app import TRAIN_SEGMENT_TASK, app
-from queue_app.state import AttemptRecord, InstanceRecord, JobState
+from queue_app.records import AttemptRecord, InstanceRecord
+from queue_app.statemachine import JobState, SegmentStatus
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,12 @@ def supervise_training(ctx: StageContext) -> None:
     status = record.segment_status
     if record.segment == 0:
         _send_segment(ctx, instance, 1)
-    elif status == "sent" and time.time() - (record.segment_sent_at or 0) > RESEND_AFTER_S:
+    elif status is SegmentStatus.SENT and _since(record.segment_sent_at) > RESEND_AFTER_S:
         log.warning("segment %d was never picked up; sending it again", record.segment)
         _send_segment(ctx, instance, record.segment)
-    elif status == "failed":
+    elif status is SegmentStatus.FAILED:
         raise StageFailed(f"training segment {record.segment} failed: {record.segment_error}")
-    elif status == "done":
+    elif status is SegmentStatus.DONE:
         if record.pulled_segment < record.segment:
             _pull_checkpoint(ctx, instance, record)
         if record.segment_done:
@@ -50,6 +51,11 @@ def supervise_training(ctx: StageContext) -> None:
             return
         _send_segment(ctx, instance, record.segment + 1)
     ctx.poll()
+
+
+def _since(moment: float | None) -> float:
+    """Seconds since `moment` (since the epoch when it is unset)."""
+    return time.time() - (moment or 0)
 
 
 def _send_segment(ctx: StageContext, instance: InstanceRecord, segment: int) -> None:

@@ -10,7 +10,8 @@ from typing import Any
 from jobs.instances import confirm_terminated, request_termination
 from jobs.results import job_result
 from jobs.stage_base import StageContext, stage
-from queue_app.state import InstanceRecord, InstanceState, JobState
+from queue_app.records import InstanceRecord
+from queue_app.statemachine import InstanceState, JobState
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def terminate(ctx: StageContext) -> dict[str, Any]:
         ctx.poll(countdown=3.0)
     if ctx.job.state is JobState.TERMINATING:
         ctx.advance(JobState.SUCCEEDED)  # the work is done; an unconfirmed instance is logged
-    return job_result(ctx.store, ctx.ref.job_id)
+    return job_result(ctx.store, ctx.ref.job_id).model_dump(mode="json")
 
 
 def _unconfirmed(ctx: StageContext) -> list[str]:

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobs.spec import JobConfig
+from queue_app.jobspec import JobConfig
 from sae.config import SAEConfig
 
 ASSUMED_GPU_UTILIZATION = 0.30

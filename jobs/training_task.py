@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 import redis
 from celery import Task
 
-from jobs.spec import JobConfig
 from queue_app.celery_app import TRAIN_SEGMENT_TASK, app
+from queue_app.connection import get_store
+from queue_app.jobspec import JobConfig
 from queue_app.logs import log_context, redact
-from queue_app.state import StaleAttempt, Store, get_store
+from queue_app.statemachine import SegmentStatus, StaleAttempt
+from queue_app.store import Store
 
 if TYPE_CHECKING:
     from sae.run import TrainingRun
@@ -62,14 +64,18 @@ class RunControl:
             self._stop = True
 
 
+def _job_config(workdir: Path) -> JobConfig:
+    """The job's config as bootstrap uploaded it."""
+    return JobConfig.model_validate_json((workdir / "job.json").read_text())
+
+
 def _training_run(job_id: str, attempt: int, workdir: Path) -> TrainingRun:
     from sae.run import TrainingRun
 
     key = (job_id, attempt)
     if key not in _runs:
         _runs.clear()  # one job per instance: drop anything older
-        config = JobConfig.model_validate_json((workdir / "job.json").read_text())
-        _runs[key] = TrainingRun(config.run_config(), workdir / "run")
+        _runs[key] = TrainingRun(_job_config(workdir).run_config(), workdir / "run")
     return _runs[key]
 
 
@@ -92,7 +98,7 @@ def train_segment(task: Task, job_id: str, attempt: int, segment: int, instance_
         except StaleAttempt:
             log.info("segment %d belongs to a stale attempt; ignored", segment)
             return
-        config = JobConfig.model_validate_json((workdir / "job.json").read_text())
+        config = _job_config(workdir)
         control = RunControl(store, job_id, attempt)
         try:
             run = _training_run(job_id, attempt, workdir)
@@ -109,7 +115,7 @@ def train_segment(task: Task, job_id: str, attempt: int, segment: int, instance_
                 job_id,
                 attempt,
                 segment,
-                "failed",
+                SegmentStatus.FAILED,
                 segment_error=redact(f"{type(exc).__name__}: {exc}")[:2000],
             )
             return
@@ -119,7 +125,7 @@ def train_segment(task: Task, job_id: str, attempt: int, segment: int, instance_
             job_id,
             attempt,
             segment,
-            "done",
+            SegmentStatus.DONE,
             segment_checkpoint=checkpoint.as_posix(),
             segment_done=result.done,
             segment_stopped=result.stopped and not result.done,
@@ -133,7 +139,7 @@ def train_segment(task: Task, job_id: str, attempt: int, segment: int, instance_
 
 
 def _finish(
-    store: Store, job_id: str, attempt: int, segment: int, status: str, **fields: Any
+    store: Store, job_id: str, attempt: int, segment: int, status: SegmentStatus, **fields: Any
 ) -> None:
     """Record the segment's outcome, riding out a Redis outage (e.g. the SSH tunnel being
     re-established) for up to FINISH_RETRY_S, because only this record tells the supervisor

@@ -17,9 +17,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 from jobs.instances import open_ssh
 from jobs.ssh import SSHError, SSHSession
+from queue_app.connection import get_store
 from queue_app.logs import log_context, setup_logging
+from queue_app.records import InstanceRecord
 from queue_app.settings import Settings, get_settings
-from queue_app.state import InstanceRecord, InstanceState, Store, get_store
+from queue_app.statemachine import InstanceState
+from queue_app.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from packaging.version import InvalidVersion, Version
 
 from jobs.instances import open_ssh
 from jobs.remote import system_python
-from jobs.spec import JobConfig
 from jobs.stage_base import StageContext, StageFailed, stage
-from queue_app.state import JobState
+from queue_app.jobspec import JobConfig
+from queue_app.statemachine import JobState
 
 log = logging.getLogger(__name__)
 

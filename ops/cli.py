@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from jobs.results import SweepSummary
 from jobs.spec import SpecError, load_sweep_file
 from ops import controlplane
 from ops.bench.runner import bench_queue_command
@@ -24,8 +25,10 @@ from ops.views import (
     sweep_json,
 )
 from queue_app.admission import QueueDrained
+from queue_app.connection import get_store
 from queue_app.settings import get_settings
-from queue_app.state import TERMINAL_STATES, JobState, NotFoundError, Store, get_store
+from queue_app.statemachine import TERMINAL_STATES, JobState, NotFoundError
+from queue_app.store import Store
 
 console = Console()
 err = Console(stderr=True)
@@ -167,12 +170,10 @@ def follow_sweep(sweep_id: str, json_out: bool) -> None:
 
 
 def print_summary(summary_path: str | None) -> None:
-    from jobs.sweep_tasks import summary_line
-
     if not summary_path or not Path(summary_path).exists():
         return
-    summary = json.loads(Path(summary_path).read_text())
-    console.print(f"[bold]summary:[/] {summary_line(summary)}")
+    summary = SweepSummary.model_validate_json(Path(summary_path).read_text())
+    console.print(f"[bold]summary:[/] {summary.line()}")
     console.print(f"artifacts: {Path(summary_path).parent}")
 
 
@@ -230,7 +231,7 @@ def job_cancel(job_id: str) -> None:
 
 def cancel_job(s: Store, job_id: str, tries: int = 5) -> bool:
     """Move a job to CANCELLED (retrying a lost compare-and-set); False if it had finished."""
-    from queue_app.state import IllegalTransition, StaleAttempt
+    from queue_app.statemachine import IllegalTransition, StaleAttempt
 
     for _ in range(tries):
         job = s.job(job_id)

@@ -23,8 +23,10 @@ from jobs.submission import submit_sweep
 from ops import controlplane
 from ops.follow import SweepTimeout, follow_sweep
 from ops.views import job_cost
+from queue_app.connection import get_store
 from queue_app.settings import Settings, get_settings
-from queue_app.state import JobState, Store, get_store
+from queue_app.statemachine import JobState
+from queue_app.store import Store
 
 K_VALUES = (8, 16, 32, 64)
 TIMEOUT_S = 30 * 60
@@ -116,7 +118,7 @@ def results_table(store: Store, sweep_id: str) -> Table:
         m = job.metrics
         table.add_row(
             job.job_id,
-            str(job.spec["overrides"].get("sae.k", "-")),
+            str(job.job_spec.overrides.get("sae.k", "-")),
             str(job.state),
             _fmt(m.get("fvu")),
             _fmt(m.get("l0")),

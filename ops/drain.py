@@ -34,8 +34,9 @@ from ops.queue_state import (
 )
 from ops.steps import StepReport, log_to_file, run_script
 from queue_app.admission import clear_drained, drain_state, set_drained
+from queue_app.connection import get_store
 from queue_app.settings import Settings, get_settings
-from queue_app.state import Store, get_store
+from queue_app.store import Store
 
 if TYPE_CHECKING:
     from celery import Celery

@@ -15,7 +15,9 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from queue_app.state import JobRecord, JobState, Store, SweepRecord
+from queue_app.records import JobRecord, SweepRecord
+from queue_app.statemachine import JobState
+from queue_app.store import Store
 
 
 class SweepTimeout(TimeoutError):
@@ -24,7 +26,7 @@ class SweepTimeout(TimeoutError):
 
 def _bar_state(job: JobRecord) -> tuple[float, float, str]:
     """(completed, total, label) of one job's bar."""
-    total = float(job.spec["config"]["train"]["total_tokens"])
+    total = float(job.job_spec.config.train.total_tokens)
     done = float(job.progress.get("tokens") or 0)
     if job.state is JobState.SUCCEEDED:
         done = total

@@ -23,9 +23,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from queue_app.connection import get_store
 from queue_app.logs import CONTEXT_FIELDS, redact
+from queue_app.records import InstanceRecord, JobRecord
 from queue_app.settings import Settings, get_settings
-from queue_app.state import InstanceRecord, InstanceState, JobRecord, Store, get_store
+from queue_app.statemachine import InstanceState
+from queue_app.store import Store
 
 FOLLOW_POLL_S = 2.0
 SSH_TIMEOUT_S = 10.0

@@ -12,7 +12,8 @@ from rich.table import Table
 
 from queue_app.admission import drain_state
 from queue_app.settings import Settings
-from queue_app.state import JobState, NotFoundError, Store
+from queue_app.statemachine import JobState, NotFoundError
+from queue_app.store import Store
 
 if TYPE_CHECKING:
     from celery import Celery

@@ -19,9 +19,11 @@ from typing import Annotated, Any, Literal
 import typer
 from rich.console import Console
 
+from queue_app.connection import get_store
 from queue_app.logs import redact
+from queue_app.records import JobRecord, SweepRecord
 from queue_app.settings import Settings, get_settings
-from queue_app.state import JobRecord, Store, SweepRecord, get_store
+from queue_app.store import Store
 
 Format = Literal["html", "md"]
 COLUMNS = (
@@ -83,7 +85,7 @@ def job_rows(store: Store, sweep: SweepRecord) -> list[dict[str, Any]]:
                 "fvu": final_metric(job.metrics, "fvu"),
                 "l0": final_metric(job.metrics, "l0"),
                 "ce_loss_recovered": final_metric(job.metrics, "ce_loss_recovered"),
-                "overrides": job.spec.get("overrides", {}),
+                "overrides": job.job_spec.overrides,
                 "history": job_history(job),
             }
         )

@@ -19,8 +19,11 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from queue_app.connection import get_store
+from queue_app.records import InstanceRecord, JobRecord
 from queue_app.settings import get_settings
-from queue_app.state import InstanceRecord, InstanceState, JobRecord, JobState, Store, get_store
+from queue_app.statemachine import InstanceState, JobState
+from queue_app.store import Store
 
 RECENT_SWEEPS = 10
 STATE_COLOURS = {

@@ -7,7 +7,8 @@ from typing import Any
 
 from rich.table import Table
 
-from queue_app.state import InstanceRecord, JobRecord, Store, SweepRecord
+from queue_app.records import InstanceRecord, JobRecord, SweepRecord
+from queue_app.store import Store
 
 
 def fmt_age(ts: float | None, now: float | None = None) -> str:
@@ -95,7 +96,7 @@ def job_json(store: Store, job: JobRecord, detail: bool = False) -> dict[str, An
         "artifacts_dir": job.artifacts_dir,
     }
     if detail:
-        out["config"] = job.spec.get("config")
+        out["config"] = job.job_spec.config.model_dump(mode="json", exclude_unset=True)
         out["attempts"] = [a.model_dump(mode="json") for a in store.attempts(job.job_id)]
         out["events"] = store.events(job.job_id)
     return out

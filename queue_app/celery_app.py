@@ -16,9 +16,9 @@ from celery import Celery, signals
 
 from queue_app import broker_patch
 from queue_app.admission import hold_worker_if_drained
+from queue_app.connection import get_store
 from queue_app.logs import register_secret, set_log_context, setup_logging
 from queue_app.settings import Settings, get_settings
-from queue_app.state import get_store
 
 # ---- the routing table --------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from queue_app.settings import Settings
-from queue_app.state import Store
+from queue_app.store import Store
 from tests.support.fleet import ControlPlane, control_plane, make_assets
 from tests.support.servers import private_redis, require_sshd
 

@@ -24,19 +24,14 @@ from rich.console import Console
 from rich.table import Table
 
 from jobs.providers import instance_name
-from jobs.spec import JobConfig
+from queue_app.connection import connect
+from queue_app.jobspec import JobConfig
 from queue_app.processes import free_port, stop_process
+from queue_app.records import InstanceRecord, JobRecord, SweepRecord
 from queue_app.redis_server import start_redis
 from queue_app.settings import Settings
-from queue_app.state import (
-    InstanceRecord,
-    InstanceState,
-    JobRecord,
-    JobState,
-    Store,
-    SweepRecord,
-    connect,
-)
+from queue_app.statemachine import InstanceState, JobState
+from queue_app.store import Store
 from watchdog.context import TickContext
 from watchdog.fakes import FakeProvider, FakeSSH, Latency
 from watchdog.probe import SSHProbe

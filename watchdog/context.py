@@ -9,9 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from jobs.providers import Provider
-from jobs.spec import ProviderSpec
+from queue_app.jobspec import ProviderSpec
 from queue_app.settings import Settings
-from queue_app.state import Store
+from queue_app.store import Store
 from watchdog.probe import Probe
 from watchdog.report import TickReport
 

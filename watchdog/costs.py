@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from jobs.spec import JobConfig
-from queue_app.state import INSTANCE_STATES, JobRecord, JobState, StaleAttempt
+from queue_app.records import JobRecord
+from queue_app.statemachine import INSTANCE_STATES, JobState, StaleAttempt
 from watchdog.actions import cost_cap
 from watchdog.context import TickContext
 from watchdog.fleet import Fleet, Tracked
@@ -92,7 +92,7 @@ def job_budgets(
     validate is reported and still held to its sweep's and the daily cap)."""
     budgets = []
     try:
-        job_cap = JobConfig.model_validate(job.spec.get("config")).max_cost_usd
+        job_cap = job.job_spec.config.max_cost_usd
     except ValidationError as exc:
         ctx.report.error(CHECK, job.job_id, f"stored job config is invalid: {exc}")
         job_cap = None

@@ -3,21 +3,15 @@ job and attempt records, read in three round trips whatever the fleet's size."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
-from jobs.spec import ProviderSpec
-from queue_app.state import (
-    INSTANCE_STATES,
-    LIVE_INSTANCES,
-    AttemptRecord,
-    InstanceRecord,
-    JobRecord,
-    JobState,
-    Store,
-    attempt_key,
-    instance_key,
-    job_key,
-)
+from pydantic import ValidationError
+
+from queue_app.jobspec import ProviderSpec
+from queue_app.records import AttemptRecord, InstanceRecord, JobRecord
+from queue_app.statemachine import INSTANCE_STATES, JobState
+from queue_app.store import LIVE_INSTANCES, Store, attempt_key, instance_key, job_key
 from watchdog.bulk import hgetall_many
 
 # Job states in which the current attempt's instance is in use.
@@ -47,9 +41,11 @@ class Tracked:
 
     @property
     def provider_spec(self) -> ProviderSpec:
-        """The provider spec of the instance's job (its sweep's), else the provider by name."""
+        """The provider spec of the instance's job (its sweep's), else (no job, or one whose
+        stored spec does not validate) the provider by name."""
         if self.job is not None:
-            return ProviderSpec.model_validate(self.job.spec["provider"])
+            with contextlib.suppress(ValidationError):
+                return self.job.job_spec.provider
         return ProviderSpec.model_validate({"name": self.instance.provider})
 
 

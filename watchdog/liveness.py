@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 from jobs.instances import provider_lost_instance
 from jobs.providers import ProviderError
-from queue_app.state import JobState
+from queue_app.statemachine import JobState, SegmentStatus
 from watchdog.actions import interrupt
 from watchdog.context import TickContext
 from watchdog.fleet import Fleet, Tracked
@@ -115,7 +115,7 @@ def miss_reason(ctx: TickContext, tracked: Tracked, result: ProbeResult) -> str 
         return "the GPU-side worker process is not running"
     attempt = tracked.attempt
     age = result.heartbeat_age_s
-    if attempt is None or attempt.segment_status != "running" or age is None:
+    if attempt is None or attempt.segment_status is not SegmentStatus.RUNNING or age is None:
         return None
     running_for = ctx.now - (attempt.segment_started_at or ctx.now)
     # Ages are measured on the instance and durations here, so clock offsets cancel: a

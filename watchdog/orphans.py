@@ -17,7 +17,9 @@ import logging
 
 from jobs.instances import confirm_terminated
 from jobs.providers import Instance, Provider, ProviderError
-from queue_app.state import InstanceRecord, InstanceState, instance_key
+from queue_app.records import InstanceRecord
+from queue_app.statemachine import InstanceState
+from queue_app.store import instance_key
 from watchdog.actions import terminate_instance
 from watchdog.context import TickContext
 from watchdog.fleet import Fleet, Tracked

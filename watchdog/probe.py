@@ -19,8 +19,8 @@ from typing import Protocol
 from jobs.instances import ssh_target
 from jobs.remote import layout_for
 from jobs.ssh import CommandResult, SSHError, SSHTarget, connect
+from queue_app.records import InstanceRecord
 from queue_app.settings import Settings
-from queue_app.state import InstanceRecord
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from jobs.providers import Instance, Provider, ProviderError
-from jobs.spec import ProviderSpec
+from queue_app.jobspec import ProviderSpec
 from watchdog.context import TickContext
 from watchdog.fleet import Fleet
 

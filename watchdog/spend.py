@@ -11,9 +11,9 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from queue_app.state import (
+from queue_app.records import InstanceRecord
+from queue_app.store import (
     INSTANCES,
-    InstanceRecord,
     Store,
     attempt_key,
     instance_key,

@@ -8,7 +8,7 @@ lost (preempted and resumed).
 
 from __future__ import annotations
 
-from queue_app.state import JobState
+from queue_app.statemachine import JobState
 from watchdog.actions import interrupt
 from watchdog.context import TickContext
 from watchdog.fleet import Fleet, Tracked

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 from jobs.instances import provider_for
 from queue_app.celery_app import app
+from queue_app.connection import get_store
 from queue_app.settings import Settings
-from queue_app.state import get_store
 from watchdog.context import TickContext
 from watchdog.costs import check_costs
 from watchdog.fleet import Fleet, load_fleet

@@ -23,7 +23,7 @@ from jobs.providers.errors import (
     QuotaError,
     RateLimited,
 )
-from jobs.spec import ProviderSpec
+from queue_app.jobspec import ProviderSpec
 
 if TYPE_CHECKING:
     from queue_app.settings import Settings

@@ -29,7 +29,7 @@ import yaml
 from celery import chain, chord
 
 from jobs.pipeline import JobRef
-from jobs.spec import JobSpec, SweepSpec, load_sweep_file
+from jobs.spec import SweepSpec, load_sweep_file
 from jobs.submission import check_submission, job_records, submit_sweep
 from ops.bench.tasks import (
     NOOP_HEADER,
@@ -39,8 +39,11 @@ from ops.bench.tasks import (
     plain_app,
     plain_noop,
 )
+from queue_app.connection import get_store
+from queue_app.jobspec import JobSpec
+from queue_app.records import SweepRecord
 from queue_app.settings import get_settings
-from queue_app.state import Store, SweepRecord, get_store
+from queue_app.store import Store
 
 CHAIN_LENGTH = len(NOOP_STAGES)
 CHORD_HEADERS = 100
@@ -104,7 +107,7 @@ def create_jobs(
     store: Store, sweep_id: str, spec: SweepSpec, jobs: list[JobSpec], count: int
 ) -> list[JobRef]:
     """Records of a sweep of the first `count` jobs, QUEUED, as `sweep submit` writes them."""
-    records = job_records(sweep_id, spec, jobs[:count], time.time())
+    records = job_records(sweep_id, jobs[:count], time.time())
     sweep = SweepRecord(
         sweep_id=sweep_id,
         name=spec.name,

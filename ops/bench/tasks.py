@@ -21,8 +21,9 @@ from celery import Celery, Task
 from jobs.pipeline import SUCCESS_PATH
 from jobs.stage_base import StageContext, stage_task
 from queue_app.celery_app import app
+from queue_app.connection import get_store
 from queue_app.settings import get_settings
-from queue_app.state import JobState, get_store
+from queue_app.statemachine import JobState
 
 PLAIN_QUEUE = "bench.plain"
 NOOP_PREFIX = "saefleet.noop."

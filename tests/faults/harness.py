@@ -26,7 +26,8 @@ import redis
 
 from jobs.providers import ProviderError
 from jobs.remote import layout_for
-from queue_app.state import TERMINAL_STATES, InstanceState, JobRecord, JobState, SweepRecord
+from queue_app.records import JobRecord, SweepRecord
+from queue_app.statemachine import TERMINAL_STATES, InstanceState, JobState
 from sae.checkpoint import list_checkpoints, verify_checkpoint
 from tests.support.fleet import ControlPlane, write_sweep
 

@@ -36,14 +36,15 @@ from jobs.spec import (
     MAX_YAML_DEPTH,
     MAX_YAML_NODES,
     NAME_PATTERN,
-    JobConfig,
     SweepSpec,
     load_sweep_file,
 )
 from jobs.submission import check_submission
 from ops.cli import main
+from queue_app.jobspec import JobConfig
 from queue_app.settings import Settings
-from queue_app.state import JobState, Store
+from queue_app.statemachine import JobState
+from queue_app.store import Store
 from tests.queue_app.records import make_sweep
 from tests.support.fleet import REPO
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from queue_app.state import JobRecord
+from queue_app.records import JobRecord
 from tests.faults.harness import BEAT_INTERVAL_S, run_scenario, start_plane
 from tests.support.fleet import ControlPlane
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from jobs.remote import layout_for
-from queue_app.state import JobRecord
+from queue_app.records import JobRecord
 from sae.checkpoint import STATE
 from tests.faults.harness import instance_of, pulled_checkpoints, run_scenario, start_plane
 from tests.support.fleet import ControlPlane

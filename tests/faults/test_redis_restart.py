@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from queue_app.processes import free_port, stop_process
+from queue_app.records import JobRecord
 from queue_app.redis_server import start_redis
-from queue_app.state import JobRecord
 from tests.faults.harness import run_scenario, start_plane, wait_for
 from tests.support.fleet import control_plane
 from tests.support.servers import TEST_PASSWORD, require_sshd

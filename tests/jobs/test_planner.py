@@ -21,7 +21,7 @@ from jobs.planner import (
 )
 from jobs.providers.base import InstanceType
 from jobs.providers.errors import ProviderError
-from jobs.spec import JobConfig, ProviderSpec, SweepSpec, load_sweep_file
+from jobs.spec import SweepSpec, load_sweep_file
 from jobs.throughput import (
     CPU_EFFECTIVE_FLOPS,
     flops_per_token,
@@ -29,6 +29,7 @@ from jobs.throughput import (
     model_shape,
     shape_from_config,
 )
+from queue_app.jobspec import JobConfig, ProviderSpec
 
 EXAMPLE = Path(__file__).parents[2] / "jobs" / "examples" / "llama31-8b-pii.yaml"
 TODAY = date(2026, 11, 23)

@@ -12,8 +12,11 @@ import pytest
 import jobs.terminate
 from jobs.pipeline import STAGES, JobRef, job_is_past
 from jobs.stages import collect, supervise_training, terminate
+from queue_app.records import JobRecord, SweepRecord
 from queue_app.settings import Settings
-from queue_app.state import JobRecord, JobState, Store, SweepRecord
+from queue_app.statemachine import JobState
+from queue_app.store import Store
+from tests.queue_app.records import stored_spec
 
 
 def _job_in(store: Store, state: JobState) -> JobRef:
@@ -25,7 +28,7 @@ def _job_in(store: Store, state: JobState) -> JobRef:
         name="j",
         state=state,
         attempt=1,
-        spec={},
+        spec=stored_spec(),
         created_at=now,
         updated_at=now,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from queue_app.state import JobState
+from queue_app.statemachine import JobState
 from tests.support.fleet import ControlPlane, write_sweep
 
 
@@ -33,7 +33,7 @@ def test_over_budget_is_refused_with_the_numbers_unless_forced(
     [sweep_id] = plane.store.sweep_ids()
     jobs = plane.store.sweep_jobs(sweep_id)
     assert [j.state for j in jobs] == [JobState.QUEUED] * 2
-    assert [j.spec["overrides"] for j in jobs] == [{"sae.k": 4}, {"sae.k": 8}]
+    assert [j.job_spec.overrides for j in jobs] == [{"sae.k": 4}, {"sae.k": 8}]
 
 
 def test_missing_local_model_fails_preflight(plane: ControlPlane, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 import safetensors.torch
 
 from jobs.checkpoints import verify_pulled_checkpoint
-from queue_app.state import InstanceState, JobState
+from queue_app.statemachine import InstanceState, JobState
 from tests.support.fleet import ControlPlane, write_sweep
 
 pytestmark = pytest.mark.slow
@@ -53,7 +53,7 @@ def test_sweep_of_three_trains_collects_and_finalizes_once(
     assert summary["best"]["metric"] == "fvu"
     for job in jobs:
         assert [e["to"] for e in plane.store.events(job.job_id)] == SUCCESS_PATH
-        assert job.metrics["l0"] == pytest.approx(job.spec["config"]["sae"]["k"])
+        assert job.metrics["l0"] == pytest.approx(job.job_spec.config.sae.k)
         assert 0 < job.metrics["fvu"] < 1
         final = Path(job.artifacts_dir or "") / "final"
         weights = safetensors.torch.load_file(final / "sae.safetensors")

@@ -14,8 +14,10 @@ import pytest
 from jobs.providers import Instance
 from jobs.ssh import SSHSession
 from jobs.tunnels import TunnelService, tunnel_broker_url
+from queue_app.records import InstanceRecord
 from queue_app.settings import Settings
-from queue_app.state import InstanceRecord, InstanceState, Store
+from queue_app.statemachine import InstanceState
+from queue_app.store import Store
 
 
 def test_broker_url_keeps_credentials_and_database() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs.spec import JobConfig
 from jobs.verify import GPUReport
+from queue_app.jobspec import JobConfig
 
 
 def config(**gpu: Any) -> JobConfig:

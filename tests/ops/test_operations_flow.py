@@ -28,7 +28,8 @@ import pytest
 import redis
 
 from queue_app.processes import free_port
-from queue_app.state import JobRecord, JobState, SweepRecord
+from queue_app.records import JobRecord, SweepRecord
+from queue_app.statemachine import JobState
 from tests.support.fleet import REPO, ControlPlane, control_plane, write_sweep
 from tests.support.servers import TEST_PASSWORD, require_sshd
 from tests.support.webhook import running_webhook

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from ops.cli import app
 from ops.report import final_metric, write_report
 from queue_app.settings import Settings
-from queue_app.state import JobState, Store
+from queue_app.statemachine import JobState
+from queue_app.store import Store
 from tests.queue_app.records import add_instance, make_sweep
 
 PNG_MAGIC = b"\x89PNG"

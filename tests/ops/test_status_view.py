@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from ops.cli import app
 from ops.status_view import fleet_status, render
 from queue_app.settings import Settings
-from queue_app.state import JobState, Store
+from queue_app.statemachine import JobState
+from queue_app.store import Store
 from tests.queue_app.records import add_instance, make_sweep
 
 NOW = 1_800_000_000.0

@@ -21,7 +21,8 @@ from ops.cli import app
 from queue_app.admission import drain_state
 from queue_app.processes import free_port
 from queue_app.settings import Settings
-from queue_app.state import InstanceState, JobState, Store
+from queue_app.statemachine import InstanceState, JobState
+from queue_app.store import Store
 from tests.queue_app.records import add_instance, make_sweep
 from tests.support.fake_lambda import FakeLambda, running_fake_lambda
 from tests.support.fleet import REPO

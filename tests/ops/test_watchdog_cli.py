@@ -9,7 +9,7 @@ import pytest
 
 from ops.watchdog_cli import tick_command
 from queue_app.settings import Settings
-from queue_app.state import Store
+from queue_app.store import Store
 from watchdog.tick import TICK_LEASE
 
 

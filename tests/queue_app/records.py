@@ -6,14 +6,24 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from queue_app.state import (
-    InstanceRecord,
-    InstanceState,
-    JobRecord,
-    JobState,
-    Store,
-    SweepRecord,
-)
+from queue_app.records import InstanceRecord, JobRecord, SweepRecord
+from queue_app.statemachine import InstanceState, JobState
+from queue_app.store import Store
+
+
+def stored_spec(k: int = 8) -> dict[str, Any]:
+    """A job's spec as submit stores it (only the fields a user set)."""
+    return {
+        "overrides": {"sae.k": k},
+        "config": {
+            "model": "tiny-lm",
+            "layer": 1,
+            "dataset": "corpus.jsonl",
+            "sae": {"n_latents": 256, "k": k},
+            "train": {"total_tokens": 4096},
+        },
+        "provider": {"name": "local"},
+    }
 
 
 def make_sweep(
@@ -33,7 +43,7 @@ def make_sweep(
             name=f"k{8 * 2**i}",
             state=state,
             attempt=1,
-            spec={"overrides": {"sae.k": 8 * 2**i}, "config": {}, "provider": {"name": "local"}},
+            spec=stored_spec(k=8 * 2**i),
             created_at=now - 3600,
             updated_at=now,
         )

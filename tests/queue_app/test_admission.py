@@ -17,7 +17,7 @@ from queue_app.admission import (
     hold_worker_if_drained,
     set_drained,
 )
-from queue_app.state import Store
+from queue_app.store import Store
 
 
 def test_flag_round_trip_keeps_first_since_and_every_queue(store: Store) -> None:
@@ -45,7 +45,7 @@ def test_submission_is_refused_while_drained_and_nothing_is_written(
     }
     spec = SweepSpec.model_validate({"name": "refused", "job": job})
     set_drained(store.r, "drain", {})
-    with pytest.raises(QueueDrained, match="drain --undo") as caught:
+    with pytest.raises(QueueDrained, match="drain --undo"):
         submit_sweep(spec, spec.expand(), store)
     assert store.sweep_ids() == []
     clear_drained(store.r)

@@ -17,7 +17,7 @@ from queue_app.celery_app import make_app
 from queue_app.notify import DELIVER_TASK, Event, deliver, notify, retry_countdown, slack_payload
 from queue_app.processes import free_port
 from queue_app.settings import Settings
-from queue_app.state import Store
+from queue_app.store import Store
 from tests.support.webhook import Webhook, running_webhook
 
 

@@ -7,21 +7,23 @@ import time
 import fakeredis
 import pytest
 
-from queue_app.state import (
+from queue_app.records import InstanceRecord, JobRecord, SweepRecord
+from queue_app.statemachine import (
+    INSTANCE_TRANSITIONS,
+    JOB_TRANSITIONS,
+    SEGMENT_TRANSITIONS,
     TERMINAL_STATES,
-    TRANSITIONS,
     IllegalTransition,
-    InstanceRecord,
     InstanceState,
-    JobRecord,
     JobState,
     NotFoundError,
+    SegmentStatus,
     StaleAttempt,
-    Store,
-    SweepRecord,
 )
+from queue_app.store import Store
 
 S = JobState
+DONE = SegmentStatus.DONE
 
 
 @pytest.fixture
@@ -88,7 +90,7 @@ def test_illegal_transition_raises_and_changes_nothing(store: Store) -> None:
 
 @pytest.mark.parametrize("terminal", sorted(TERMINAL_STATES))
 def test_terminal_states_have_no_exit(terminal: JobState) -> None:
-    assert TRANSITIONS[terminal] == frozenset()
+    assert JOB_TRANSITIONS[terminal] == frozenset()
 
 
 def test_stale_attempt_is_fenced(store: Store) -> None:
@@ -147,18 +149,21 @@ def test_missing_job(store: Store) -> None:
         store.job("nope")
 
 
+INSTANCE = InstanceRecord(
+    instance_id="i-1",
+    provider="local",
+    name="sf-x-1",
+    job_id="j",
+    sweep_id="s",
+    attempt=1,
+    state=InstanceState.LAUNCHED,
+    launched_at=1000.0,
+    price_per_hour=3.6,
+)
+
+
 def test_instance_cost_clock(store: Store) -> None:
-    rec = InstanceRecord(
-        instance_id="i-1",
-        provider="local",
-        name="sf-x-1",
-        job_id="j",
-        sweep_id="s",
-        attempt=1,
-        state=InstanceState.LAUNCHED,
-        launched_at=1000.0,
-        price_per_hour=3.6,
-    )
+    rec = INSTANCE
     store.register_instance(rec)
     store.register_instance(rec.model_copy(update={"launched_at": 2000.0}))
     assert store.instance("i-1").launched_at == 1000.0
@@ -186,11 +191,11 @@ def test_segment_protocol(store: Store) -> None:
     assert store.start_segment(job_id, 1, 1)
     assert not store.start_segment(job_id, 1, 1)  # a duplicate message does nothing
     assert not store.claim_segment(job_id, 1, 1)  # running: no re-send
-    assert store.finish_segment(job_id, 1, 1, "done", segment_checkpoint="step-10")
-    assert not store.finish_segment(job_id, 1, 1, "done")
+    assert store.finish_segment(job_id, 1, 1, DONE, segment_checkpoint="step-10")
+    assert not store.finish_segment(job_id, 1, 1, DONE)
     assert store.claim_segment(job_id, 1, 2)
     att = store.attempt(job_id, 1)
-    assert (att.segment, att.segment_status, att.segment_done) == (2, "sent", False)
+    assert (att.segment, att.segment_status, att.segment_done) == (2, SegmentStatus.SENT, False)
     store.transition(job_id, 1, S.PROVISIONING)
     store.transition(job_id, 1, S.PREEMPTED)
     store.begin_attempt(job_id, 2)
@@ -216,3 +221,37 @@ def test_a_lease_whose_holder_stopped_lapses_after_its_ttl(store: Store) -> None
     time.sleep(0.5)
     with store.lease("pull", 0.3) as held:
         assert held
+
+
+@pytest.mark.parametrize(
+    ("enum", "table"),
+    [(JobState, JOB_TRANSITIONS), (InstanceState, INSTANCE_TRANSITIONS)],
+)
+def test_every_state_has_a_row_of_the_table(enum: type, table: dict) -> None:
+    assert set(table) == set(enum)
+
+
+def test_every_segment_status_has_a_row_and_a_fresh_attempt_only_sends() -> None:
+    assert set(SEGMENT_TRANSITIONS) == {None, *SegmentStatus}
+    assert SEGMENT_TRANSITIONS[None] == {SegmentStatus.SENT}
+
+
+def test_a_segment_move_outside_the_table_is_refused(store: Store) -> None:
+    [job_id, _] = make_sweep(store)
+    store.start_first_attempt(job_id)
+    assert store.claim_segment(job_id, 1, 1)
+    with pytest.raises(ValueError, match="running -> sent"):
+        store.finish_segment(job_id, 1, 1, SegmentStatus.SENT)
+    assert store.attempt(job_id, 1).segment_status is SegmentStatus.SENT
+
+
+def test_a_terminated_instance_never_goes_back_to_terminating(store: Store) -> None:
+    store.register_instance(INSTANCE)
+    assert store.mark_instance_terminating("i-1")
+    assert store.mark_instance_terminating("i-1")  # a repeat
+    store.mark_instance_terminated("i-1", at=1100.0)
+    assert not store.mark_instance_terminating("i-1")
+    inst = store.instance("i-1")
+    assert inst.state is InstanceState.TERMINATED and inst.terminated_at == 1100.0
+    with pytest.raises(NotFoundError):
+        store.mark_instance_terminated("i-unknown")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from queue_app.connection import CLI_RETRY_S, SERVICE_RETRY_S, connect, get_store
 from queue_app.processes import free_port, stop_process
 from queue_app.redis_server import start_redis
 from queue_app.settings import Settings
-from queue_app.state import CLI_RETRY_S, SERVICE_RETRY_S, connect, get_store
 from tests.support.servers import TEST_PASSWORD
 
 

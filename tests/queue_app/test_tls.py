@@ -12,10 +12,10 @@ from urllib.parse import quote
 import pytest
 
 from queue_app.celery_app import make_app
+from queue_app.connection import connect
 from queue_app.processes import free_port, redis_server_binary, spawn_detached, stop_process
 from queue_app.redis_server import wait_until_ready
 from queue_app.settings import Settings, with_tls_defaults
-from queue_app.state import connect
 from tests.support.servers import in_ci
 
 PASSWORD = "tls-test-password"

@@ -21,9 +21,11 @@ from typing import Any
 import yaml
 
 from jobs.providers.local import LocalProvider
+from queue_app.connection import connect
 from queue_app.processes import stop_process
+from queue_app.records import SweepRecord
 from queue_app.settings import Settings
-from queue_app.state import Store, SweepRecord, connect
+from queue_app.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,16 +14,11 @@ import fakeredis
 import pytest
 
 from jobs.providers import instance_name
-from jobs.spec import ProviderSpec
+from queue_app.jobspec import ProviderSpec
+from queue_app.records import InstanceRecord, JobRecord, SweepRecord
 from queue_app.settings import Settings
-from queue_app.state import (
-    InstanceRecord,
-    InstanceState,
-    JobRecord,
-    JobState,
-    Store,
-    SweepRecord,
-)
+from queue_app.statemachine import InstanceState, JobState
+from queue_app.store import Store
 from tests.support.fleet import tiny_job
 from watchdog.context import TickContext
 from watchdog.fakes import FakeProvider

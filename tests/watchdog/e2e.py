@@ -8,7 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from queue_app.state import JobState, Store
+from queue_app.statemachine import JobState
+from queue_app.store import Store
 from tests.support.fleet import ControlPlane
 
 T = TypeVar("T")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from queue_app.state import JobState
+from queue_app.statemachine import JobState
 from tests.watchdog.conftest import World
 from watchdog.tick import run_tick
 

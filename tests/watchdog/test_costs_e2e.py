@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from jobs.checkpoints import verify_pulled_checkpoint
-from queue_app.state import InstanceState, JobState
+from queue_app.statemachine import InstanceState, JobState
 from tests.support.fleet import ControlPlane, write_sweep
 from tests.watchdog.e2e import LONG_RUN, pulled_checkpoint_while_training, start_plane, wait_for
 

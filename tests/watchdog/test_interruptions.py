@@ -4,7 +4,7 @@ healthy one, one we asked to terminate, or one whose provider cannot be listed d
 from __future__ import annotations
 
 from jobs.providers import InstanceStatus, ProviderError
-from queue_app.state import JobState
+from queue_app.statemachine import JobState
 from tests.watchdog.conftest import World
 from watchdog.tick import run_tick
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from queue_app.state import JobState
+from queue_app.statemachine import JobState
 from tests.watchdog.conftest import World
 from watchdog.fleet import load_fleet
 from watchdog.liveness import MISSES_KEY, miss_reason

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from jobs.remote import layout_for
-from queue_app.state import JobState
+from queue_app.statemachine import JobState
 from tests.support.fleet import ControlPlane, write_sweep
 from tests.watchdog.e2e import LONG_RUN, pulled_checkpoint_while_training, start_plane, wait_for
 

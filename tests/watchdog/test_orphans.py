@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from jobs.providers import InstanceStatus
-from queue_app.state import InstanceState, JobState
+from queue_app.statemachine import InstanceState, JobState
 from tests.watchdog.conftest import World
 from watchdog.orphans import SEEN_KEY
 from watchdog.tick import run_tick

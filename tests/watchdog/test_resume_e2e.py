@@ -12,7 +12,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from queue_app.state import JobState
+from queue_app.statemachine import JobState
 from tests.support.fleet import ControlPlane, write_sweep
 from tests.watchdog.e2e import (
     LONG_RUN,

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from queue_app.state import InstanceRecord, InstanceState, JobState
+from queue_app.records import InstanceRecord
+from queue_app.statemachine import InstanceState, JobState
 from tests.watchdog.conftest import World
 from watchdog.fleet import load_fleet
 from watchdog.spend import cost_between, day_start, load_spend

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from jobs.providers import InstanceStatus
-from queue_app.state import JobState
+from queue_app.statemachine import JobState
 from tests.watchdog.conftest import World
 from watchdog.report import TickReport
 from watchdog.tick import TICK_LEASE, run_tick

@@ -42,7 +42,7 @@ from jobs.providers.lambda_cloud import (
     shared_pacer,
 )
 from jobs.providers.pacing import Pacer, Rate
-from jobs.spec import JobConfig, ProviderSpec
+from queue_app.jobspec import JobConfig, ProviderSpec
 from queue_app.processes import free_port
 from queue_app.settings import Settings
 from tests.support.fake_lambda import FakeLambda, running_fake_lambda

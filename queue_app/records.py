@@ -1,0 +1,233 @@
+"""The records kept in Redis: a sweep, its jobs, each job's attempts, and the instances they ran
+on. Each is a pydantic model stored as one flat Redis hash (text fields raw, others as JSON);
+`queue_app.store` reads and writes them, `queue_app.statemachine` moves their statuses.
+
+Fields only ever get added with a default, so that records written before still read.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import types
+import typing
+from collections.abc import Mapping
+from functools import cached_property
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict
+
+from queue_app.jobspec import JobSpec
+from queue_app.statemachine import TERMINAL_STATES, InstanceState, JobState, SegmentStatus
+
+
+class Record(BaseModel):
+    """A flat record stored as a Redis hash; non-string fields are JSON-encoded."""
+
+    model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True)
+
+    def to_hash(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is None:
+                continue
+            out[name] = value if isinstance(value, str) else json.dumps(value)
+        return out
+
+    @classmethod
+    def from_hash(cls, raw: Mapping[str, str]) -> Self:
+        data: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            if name in raw:
+                value = raw[name]
+                data[name] = value if _is_text(field.annotation) else json.loads(value)
+        return cls.model_validate(data)
+
+
+def _is_text(annotation: Any) -> bool:
+    """Whether a field holds text (stored raw) rather than JSON."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    options = typing.get_args(annotation) if union else (annotation,)
+    return any(isinstance(o, type) and issubclass(o, str) for o in options)
+
+
+class SweepRecord(Record):
+    """One submitted sweep file."""
+
+    sweep_id: str
+    """`sw` + 8 hex digits."""
+    name: str
+    """The sweep file's `name`."""
+    created_at: float
+    """When it was submitted (Unix time)."""
+    spec: dict[str, Any]
+    """The validated sweep file (`jobs.spec.SweepSpec` as JSON)."""
+    job_ids: list[str]
+    """Its jobs, in grid order."""
+    budget_usd: float | None = None
+    """Spend limit for the whole sweep, if any."""
+    finished_at: float | None = None
+    """When the sweep's finalizer first ran."""
+    finalize_runs: int = 0
+    """How many times the finalizer ran (more than once: a redelivery)."""
+    summary_path: str | None = None
+    """Where the finalizer wrote summary.json."""
+
+
+class JobRecord(Record):
+    """One grid point of a sweep, across all its attempts."""
+
+    job_id: str
+    """`{sweep_id}-{index:04d}`."""
+    sweep_id: str
+    """The sweep it belongs to."""
+    index: int
+    """Its position in the sweep's grid order."""
+    name: str
+    """The grid point as `path=value,...`."""
+    state: JobState
+    """Where it is in its life (moved only by the state machine)."""
+    attempt: int
+    """The live attempt, from 1; a task carrying another attempt is stale."""
+    spec: dict[str, Any]
+    """The stored form of `job_spec` (JSON of the fields a user set); read it as `job_spec`."""
+    created_at: float
+    """When it was submitted."""
+    updated_at: float
+    """When its state last changed."""
+    reason: str | None = None
+    """Why it failed, was preempted, cancelled or capped."""
+    instance_id: str | None = None
+    """The live attempt's instance."""
+    resume_from: str | None = None
+    """The name of the checkpoint the live attempt resumes from."""
+    latest_checkpoint: str | None = None
+    """The name of the newest checkpoint pulled home."""
+    preemptions: int = 0
+    """How many times an instance was lost under it."""
+    progress: dict[str, Any] = {}
+    """The trainer's last progress report (step, tokens, loss, ...)."""
+    metrics: dict[str, Any] = {}
+    """The finished run's metrics (fvu, l0, ...)."""
+    artifacts_dir: str | None = None
+    """Where its collected artifacts are."""
+    stop_requested: str | None = None
+    """Why the run was asked to stop early (cost cap, cancel), if it was."""
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @cached_property
+    def job_spec(self) -> JobSpec:
+        """What the job runs with, typed (pydantic's ValidationError for a corrupt record)."""
+        return JobSpec.from_stored(self.index, self.name, self.spec)
+
+
+class AttemptRecord(Record):
+    """One attempt of a job: one instance, trained segment by segment."""
+
+    job_id: str
+    """The job it belongs to."""
+    attempt: int
+    """Its number, from 1."""
+    started_at: float
+    """When it began."""
+    ended_at: float | None = None
+    """When it ended (first end wins)."""
+    end_reason: str | None = None
+    """Why it ended."""
+    instance_id: str | None = None
+    """The instance it runs on, once launched."""
+    resume_from: str | None = None
+    """The name of the checkpoint it resumes from."""
+    capacity: str | None = None
+    """spot or on_demand."""
+    waiting_for: str | None = None
+    """What it waits for right now ("" when nothing)."""
+    waiting_since: float | None = None
+    """Since when it has waited for that."""
+    gpu: str | None = None
+    """What GPU verification found."""
+    bootstrap_phase: str | None = None
+    """How far bootstrap got (uploaded, started)."""
+    worker_started_at: float | None = None
+    """When its GPU-side worker started."""
+    segment: int = 0
+    """The current training segment, from 1 (0: none sent yet)."""
+    segment_sent_at: float | None = None
+    """When the current segment's message was (last) sent."""
+    segment_started_at: float | None = None
+    """When a worker started it."""
+    segment_finished_at: float | None = None
+    """When it ended."""
+    segment_status: SegmentStatus | None = None
+    """Where the current segment is (moved only by the state machine)."""
+    segment_error: str | None = None
+    """Why the segment failed."""
+    segment_checkpoint: str | None = None
+    """The checkpoint the segment ended with (relative to the run directory)."""
+    segment_done: bool = False
+    """The run finished in this segment."""
+    segment_stopped: bool = False
+    """The run stopped on request in this segment."""
+    pulled_segment: int = 0
+    """The last segment whose checkpoint was pulled home."""
+    terminate_started_at: float | None = None
+    """When the terminate stage first ran for it (its confirm timeout counts from here)."""
+
+
+class InstanceRecord(Record):
+    """One instance we launched, and what it cost."""
+
+    instance_id: str
+    """The provider's id."""
+    provider: str
+    """The provider's name (local, lambda)."""
+    name: str
+    """The name we gave it (`sf-{job}-{attempt}`)."""
+    job_id: str
+    """The job it was launched for."""
+    sweep_id: str
+    """That job's sweep."""
+    attempt: int
+    """That job's attempt."""
+    state: InstanceState
+    """Our view of it (moved only by the state machine)."""
+    launched_at: float
+    """Our launch timestamp: the cost clock starts here."""
+    price_per_hour: float
+    """What it costs per hour, in USD."""
+    instance_type: str | None = None
+    """The provider's instance type."""
+    region: str | None = None
+    """Where it runs."""
+    capacity: str | None = None
+    """spot or on_demand."""
+    host: str | None = None
+    """Its SSH address."""
+    ssh_port: int | None = None
+    """Its SSH port."""
+    ssh_user: str | None = None
+    """Its SSH user."""
+    workdir: str | None = None
+    """The job's directory on it."""
+    broker_port: int | None = None
+    """The instance-side port of its SSH tunnel to our Redis."""
+    terminate_requested_at: float | None = None
+    """When we first asked the provider to terminate it."""
+    terminated_at: float | None = None
+    """When it was confirmed gone: the cost clock stops here."""
+
+    def running_hours(self, now: float | None = None) -> float:
+        """From our own launch timestamp to our terminate timestamp (or now)."""
+        end = self.terminated_at or (now if now is not None else time.time())
+        return max(0.0, end - self.launched_at) / 3600.0
+
+    def cost_usd(self, now: float | None = None) -> float:
+        """Price x running time."""
+        return self.running_hours(now) * self.price_per_hour
+
+    @property
+    def train_queue(self) -> str:
+        return f"train.{self.instance_id}"
