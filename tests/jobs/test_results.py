@@ -10,6 +10,8 @@ import fakeredis
 import pytest
 
 from jobs.results import JobResult, SweepSummary, build_summary, job_result, summary_schema_text
+from queue_app.connection import get_store
+from queue_app.settings import Settings
 from queue_app.statemachine import JobState
 from queue_app.store import Store
 from tests.queue_app.records import add_instance, make_sweep
@@ -72,3 +74,18 @@ def test_a_summary_written_before_versioning_still_reads() -> None:
     summary = SweepSummary.model_validate_json(json.dumps(old))
     assert summary.schema_version == 1
     assert summary.line() == "2 FAILED; no best; $0.50, 0.25 instance-hours, 1 preemptions"
+
+
+def test_finalize_writes_summary_json_from_the_model(settings: Settings) -> None:
+    from jobs.sweep_tasks import finalize_sweep
+
+    live = get_store(settings)
+    [job] = make_sweep(live, "sw1", [S.FAILED])
+    message = job_result(live, job.job_id).model_dump(mode="json")
+
+    finalize_sweep([message], "sw1")
+
+    path = Path(live.sweep("sw1").summary_path or "")
+    written = json.loads(path.read_text())
+    assert written["schema_version"] == 1 and written["states"] == {"FAILED": 1}
+    assert SweepSummary.model_validate(written).jobs == [JobResult.model_validate(message)]
