@@ -16,6 +16,7 @@ from typing import Any, Literal, Self, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from jobs.errors import JobsError
 from sae.config import RunConfig
 
 M = TypeVar("M", bound=BaseModel)
@@ -27,7 +28,7 @@ MAX_YAML_DEPTH = 32
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$")
 
 
-class SpecError(ValueError):
+class SpecError(JobsError, ValueError):
     """A sweep file or spec is invalid; the message says where and why."""
 
 

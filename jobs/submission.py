@@ -9,6 +9,7 @@ import secrets
 import time
 
 from jobs.canvas import sweep_chord
+from jobs.errors import JobsError
 from jobs.instances import provider_for
 from jobs.planner import SweepPlan, plan_sweep
 from jobs.preflight import PreflightReport, run_preflight
@@ -19,7 +20,7 @@ from queue_app.settings import Settings
 from queue_app.state import JobRecord, JobState, Store, SweepRecord
 
 
-class SubmitRefused(Exception):
+class SubmitRefused(JobsError):
     """The sweep must not be submitted as it is; each line says why and what to do."""
 
     def __init__(self, lines: list[str]) -> None:

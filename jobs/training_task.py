@@ -20,8 +20,9 @@ from celery import Task
 
 from jobs.spec import JobConfig
 from queue_app.celery_app import TRAIN_SEGMENT_TASK, app
+from queue_app.errors import StaleAttempt
 from queue_app.logs import log_context, redact
-from queue_app.state import StaleAttempt, Store, get_store
+from queue_app.state import Store, get_store
 
 if TYPE_CHECKING:
     from sae.run import TrainingRun

@@ -10,10 +10,11 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
+from jobs.errors import StageFailed
 from jobs.instances import open_ssh
 from jobs.remote import system_python
 from jobs.spec import JobConfig
-from jobs.stage_base import StageContext, StageFailed, stage
+from jobs.stage_base import StageContext, stage
 from queue_app.state import JobState
 
 log = logging.getLogger(__name__)

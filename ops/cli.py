@@ -24,8 +24,9 @@ from ops.views import (
     sweep_json,
 )
 from queue_app.admission import QueueDrained
+from queue_app.errors import NotFoundError
 from queue_app.settings import get_settings
-from queue_app.state import TERMINAL_STATES, JobState, NotFoundError, Store, get_store
+from queue_app.state import TERMINAL_STATES, JobState, Store, get_store
 
 console = Console()
 err = Console(stderr=True)

@@ -35,17 +35,9 @@ from jobs.instances import confirm_terminated
 from jobs.providers import INSTANCE_NAME_PREFIX, Instance, Provider, ProviderError, get_provider
 from ops.steps import StepReport, log_to_file, run_script
 from queue_app.admission import set_drained
+from queue_app.errors import IllegalTransition, StaleAttempt
 from queue_app.settings import Settings, get_settings
-from queue_app.state import (
-    INSTANCE_STATES,
-    IllegalTransition,
-    InstanceRecord,
-    JobRecord,
-    JobState,
-    StaleAttempt,
-    Store,
-    connect,
-)
+from queue_app.state import INSTANCE_STATES, InstanceRecord, JobRecord, JobState, Store, connect
 
 KNOWN_PROVIDERS = ("local", "lambda")
 NOT_TRAINING_YET = INSTANCE_STATES - {JobState.TRAINING} | {JobState.QUEUED, JobState.PREEMPTED}

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from queue_app.errors import IllegalTransition, NotFoundError, StaleAttempt
 from queue_app.settings import Settings, get_settings
 
 PREFIX = "sf"
@@ -90,30 +91,6 @@ class InstanceState(StrEnum):
     LAUNCHED = "LAUNCHED"
     TERMINATING = "TERMINATING"
     TERMINATED = "TERMINATED"
-
-
-class StateError(Exception):
-    """Base of the state-store errors."""
-
-
-class NotFoundError(StateError):
-    def __init__(self, kind: str, ident: str) -> None:
-        super().__init__(f"no {kind} with id {ident!r}")
-        self.kind, self.ident = kind, ident
-
-
-class StaleAttempt(StateError):
-    """The caller's attempt is not the job's current attempt: it must do nothing."""
-
-    def __init__(self, job_id: str, attempt: int, current: int) -> None:
-        super().__init__(f"job {job_id}: attempt {attempt} is stale (current attempt {current})")
-        self.job_id, self.attempt, self.current = job_id, attempt, current
-
-
-class IllegalTransition(StateError):
-    def __init__(self, job_id: str, current: str, target: str) -> None:
-        super().__init__(f"job {job_id}: illegal transition {current} -> {target}")
-        self.job_id, self.current, self.target = job_id, current, target
 
 
 # ---- records ----------------------------------------------------------------------------------

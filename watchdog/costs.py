@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from jobs.spec import JobConfig
-from queue_app.state import INSTANCE_STATES, JobRecord, JobState, StaleAttempt
+from queue_app.errors import StaleAttempt
+from queue_app.state import INSTANCE_STATES, JobRecord, JobState
 from watchdog.actions import cost_cap
 from watchdog.context import TickContext
 from watchdog.fleet import Fleet, Tracked

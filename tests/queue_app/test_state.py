@@ -7,16 +7,14 @@ import time
 import fakeredis
 import pytest
 
+from queue_app.errors import IllegalTransition, NotFoundError, StaleAttempt
 from queue_app.state import (
     TERMINAL_STATES,
     TRANSITIONS,
-    IllegalTransition,
     InstanceRecord,
     InstanceState,
     JobRecord,
     JobState,
-    NotFoundError,
-    StaleAttempt,
     Store,
     SweepRecord,
 )

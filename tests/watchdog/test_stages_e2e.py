@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from queue_app.state import AttemptRecord, JobRecord, JobState, NotFoundError
+from queue_app.errors import NotFoundError
+from queue_app.state import AttemptRecord, JobRecord, JobState
 from tests.support.fleet import ControlPlane, write_sweep
 from tests.watchdog.e2e import LOST, start_plane
 
