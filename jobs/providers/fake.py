@@ -80,7 +80,12 @@ class FakeProvider:
         return [InstanceType(name=FAKE_TYPE, price_per_hour=1.0, regions=[FAKE_REGION])]
 
     def launch(self, request: LaunchRequest) -> Instance:
+        """A new instance named `request.name`, or the live one already named so."""
         self._call("launch", 0.0)
+        with self._lock:
+            live = [i for i in self.instances.values() if i.name == request.name]
+        if live and not live[-1].status.gone:
+            return live[-1]
         return self.add(f"fake-{len(self.instances)}", request.name, self.launch_status)
 
     def get(self, instance_id: str) -> Instance:

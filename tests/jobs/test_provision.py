@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.providers import AuthError, CapacityError, InstanceStatus, ProviderError, instance_name
+from jobs.providers import (
+    AuthError,
+    CapacityError,
+    InstanceStatus,
+    ProviderError,
+    instance_name,
+)
 from jobs.stage_base import MAX_TRANSIENT_RETRIES, backoff
 from jobs.stages import await_ready, provision
 from queue_app.state import InstanceState, JobState
