@@ -12,10 +12,11 @@ from pathlib import Path
 
 from jobs.bundle import ensure_bundle
 from jobs.checkpoints import newest_pulled_checkpoint
+from jobs.errors import StageFailed
 from jobs.instances import open_ssh
 from jobs.remote import RemoteLayout, layout_for, reuses_local_venv, worker_hostname, worker_python
 from jobs.ssh import SSHSession
-from jobs.stage_base import StageContext, StageFailed, stage
+from jobs.stage_base import StageContext, stage
 from jobs.tunnels import tunnel_broker_url
 from queue_app.celery_app import app, train_queue
 from queue_app.records import InstanceRecord

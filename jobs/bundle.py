@@ -12,11 +12,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from jobs.errors import JobsError
+
 PACKAGES = ("queue_app", "jobs", "sae", "watchdog", "ops")
 
 
-class BundleError(RuntimeError):
-    pass
+class BundleError(JobsError):
+    """The code bundle cannot be built (or this is not a source checkout)."""
 
 
 def source_root() -> Path:

@@ -7,10 +7,11 @@ import json
 import logging
 from typing import Any
 
+from jobs.errors import StageFailed
 from jobs.instances import open_ssh
 from jobs.remote import layout_for
 from jobs.ssh import SSHError
-from jobs.stage_base import StageContext, StageFailed, stage
+from jobs.stage_base import StageContext, stage
 from queue_app.statemachine import JobState
 
 log = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ from typing import Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict
 
 from jobs.catalog import CATALOGS
+from jobs.errors import JobsError
 from jobs.providers.base import Capacity, InstanceType, Provider
 from jobs.providers.errors import ProviderError
 from jobs.providers.local import INSTANCE_TYPE as LOCAL_TYPE
@@ -35,7 +36,7 @@ CLOUD_SETUP_HOURS = 0.25
 PriceSource = Literal["live", "catalog", "spec"]
 
 
-class PlanError(ValueError):
+class PlanError(JobsError):
     """The sweep's cost cannot be estimated; the message says why."""
 
 

@@ -7,6 +7,7 @@ import logging
 import time
 from typing import NoReturn
 
+from jobs.errors import InstanceLost, StageFailed
 from jobs.instances import fleet_keypair
 from jobs.planner import Candidate, plan_launch
 from jobs.providers import (
@@ -18,7 +19,7 @@ from jobs.providers import (
     QuotaError,
     instance_name,
 )
-from jobs.stage_base import InstanceLost, StageContext, StageFailed, backoff, stage
+from jobs.stage_base import StageContext, backoff, stage
 from queue_app.records import InstanceRecord
 from queue_app.statemachine import InstanceState, JobState
 

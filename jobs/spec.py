@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from jobs.errors import JobsError
 from queue_app.jobspec import JobConfig, JobSpec, ProviderSpec, SpecModel
 
 M = TypeVar("M", bound=BaseModel)
@@ -28,7 +29,7 @@ MAX_YAML_DEPTH = 32
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$")
 
 
-class SpecError(ValueError):
+class SpecError(JobsError, ValueError):
     """A sweep file or spec is invalid; the message says where and why."""
 
 

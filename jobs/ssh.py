@@ -3,13 +3,13 @@ transfers that land atomically, host keys pinned per instance, and the client ke
 
 paramiko, socket and SFTP exceptions are converted to ours here and nowhere else:
 
-SSHError                 `transient` says whether retrying may help
-├── SSHConnectError      transient: refused, timeout, reset, no route, banner/EOF, connection lost
-├── CommandTimeout       transient: a command ran past its timeout (the channel was closed)
-├── SSHAuthError         permanent: the key was rejected or cannot be loaded
-├── HostKeyMismatch      permanent: the host key differs from the one pinned on first connect
-├── CommandFailed        permanent: `run(check=True)` saw a non-zero exit status
-└── RemotePathError      permanent: an SFTP operation failed on a path (missing, permissions)
+SSHError                 a jobs.errors.JobsError; `retryable` says whether retrying may help
+├── SSHConnectError      retryable: refused, timeout, reset, no route, banner/EOF, connection lost
+├── CommandTimeout       retryable: a command ran past its timeout (the channel was closed)
+├── SSHAuthError         not retryable: the key was rejected or cannot be loaded
+├── HostKeyMismatch      not retryable: the host key differs from the one pinned on first connect
+├── CommandFailed        not retryable: `run(check=True)` saw a non-zero exit status
+└── RemotePathError      not retryable: an SFTP operation failed on a path (missing, permissions)
 
 Remote paths should be absolute: SFTP resolves relative ones against the login directory.
 Messages carry a command's text (shortened) and a failed command's stderr tail, never the `env`
@@ -42,6 +42,8 @@ import tenacity
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
+from jobs.errors import JobsError
+
 log = logging.getLogger(__name__)
 
 PRIVATE_KEY_MODE = 0o600
@@ -56,22 +58,20 @@ ForwardHandler = Callable[[paramiko.Channel, tuple[str, int], tuple[str, int]], 
 """Called with each forwarded connection: (channel, origin address, server address)."""
 
 
-class SSHError(Exception):
+class SSHError(JobsError):
     """An SSH operation failed."""
-
-    transient: bool = False
 
 
 class SSHConnectError(SSHError):
     """The connection could not be made or was lost; retrying may help."""
 
-    transient = True
+    retryable = True
 
 
 class CommandTimeout(SSHError):
     """A command did not finish within its timeout."""
 
-    transient = True
+    retryable = True
 
 
 class SSHAuthError(SSHError):
@@ -413,7 +413,7 @@ def connect(target: SSHTarget, *, timeout: float = 10.0, attempts: int = 3) -> S
     (`attempts` tries in all, each bounded by `timeout` for connect, banner, handshake and
     auth); a rejected key or a changed host key raises at once."""
     retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_exception(lambda exc: isinstance(exc, SSHError) and exc.transient),
+        retry=tenacity.retry_if_exception(lambda exc: isinstance(exc, SSHError) and exc.retryable),
         stop=tenacity.stop_after_attempt(attempts),
         wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=5.0, jitter=0.5),
         before_sleep=lambda state: log.info(

@@ -5,10 +5,11 @@ A stage's body receives a `StageContext` and either returns (the chain moves on)
 (`ctx.poll`), or raises. The wrapper decides what a raise means:
 
     StageFailed / any error      -> was the instance lost? yes: preemption, no: job FAILED
-    transient error (.transient) -> retried with backoff, then treated as a failure
+    JobsError with `retryable`   -> retried with backoff, then treated as a failure
     InstanceLost                 -> preemption: attempt+1 resumes by replacing this task
     StaleAttempt                 -> the task is late: it does nothing (Ignore)
     IllegalTransition after a copy of the task moved the job on -> this copy stops (Ignore)
+    redis ConnectionError        -> the message goes back to the broker (Reject, requeue)
 
 A message for an attempt whose job is already past its stage (a redelivered copy) passes the
 job on without running the body. A FAILED job's chain still runs to `terminate`, which returns
@@ -28,6 +29,7 @@ import redis
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 
+from jobs.errors import InstanceLost, JobsError, StageFailed
 from jobs.instances import provider_for, provider_lost_instance
 from jobs.instances import request_termination as _request_termination
 from jobs.pipeline import STAGES, JobRef, job_is_past, stage_chain, stage_task_name
@@ -35,26 +37,19 @@ from jobs.providers import Provider
 from jobs.results import job_result
 from queue_app.celery_app import app
 from queue_app.connection import get_store
+from queue_app.errors import IllegalTransition, NotFoundError, StaleAttempt
 from queue_app.jobspec import JobConfig
 from queue_app.logs import log_context
 from queue_app.notify import Event, notify
 from queue_app.records import AttemptRecord, InstanceRecord, JobRecord
 from queue_app.settings import Settings, get_settings
-from queue_app.statemachine import IllegalTransition, JobState, NotFoundError, StaleAttempt
+from queue_app.statemachine import JobState
 from queue_app.store import Store
 
 log = logging.getLogger(__name__)
 
 MAX_TRANSIENT_RETRIES = 6
 MAX_COUNTDOWN_S = 40.0  # stays below the broker's visibility timeout (60 s)
-
-
-class StageFailed(Exception):
-    """The stage cannot succeed; the message becomes the job's recorded reason."""
-
-
-class InstanceLost(Exception):
-    """The instance is gone or unreachable for good without our asking: a preemption."""
 
 
 def backoff(n: int, base: float = 2.0, cap: float = MAX_COUNTDOWN_S) -> float:
@@ -203,7 +198,7 @@ def _handle_error(ctx: StageContext, exc: Exception) -> dict[str, Any]:
     reason = f"{ctx.stage}: {exc}"
     if isinstance(exc, InstanceLost):
         return preempt(ctx, reason)
-    if getattr(exc, "transient", False):
+    if isinstance(exc, JobsError) and exc.retryable:
         # An SSH error to a preempted instance looks transient: ask before retrying it.
         settled = settle_if_interrupted(ctx, reason)
         if settled is not None:

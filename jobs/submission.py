@@ -9,6 +9,7 @@ import secrets
 import time
 
 from jobs.canvas import sweep_chord
+from jobs.errors import JobsError
 from jobs.instances import provider_for
 from jobs.planner import SweepPlan, plan_sweep
 from jobs.preflight import PreflightReport, run_preflight
@@ -22,7 +23,7 @@ from queue_app.statemachine import JobState
 from queue_app.store import Store
 
 
-class SubmitRefused(Exception):
+class SubmitRefused(JobsError):
     """The sweep must not be submitted as it is; each line says why and what to do."""
 
     def __init__(self, lines: list[str]) -> None:

@@ -13,9 +13,10 @@ import posixpath
 import time
 
 from jobs.checkpoints import prune_pulled_checkpoints, verify_pulled_checkpoint
+from jobs.errors import StageFailed
 from jobs.instances import open_ssh
 from jobs.remote import layout_for
-from jobs.stage_base import StageContext, StageFailed, stage
+from jobs.stage_base import StageContext, stage
 from queue_app.celery_app import TRAIN_SEGMENT_TASK, app
 from queue_app.records import AttemptRecord, InstanceRecord
 from queue_app.statemachine import JobState, SegmentStatus

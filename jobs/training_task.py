@@ -20,9 +20,10 @@ from celery import Task
 
 from queue_app.celery_app import TRAIN_SEGMENT_TASK, app
 from queue_app.connection import get_store
+from queue_app.errors import StaleAttempt
 from queue_app.jobspec import JobConfig
 from queue_app.logs import log_context, redact
-from queue_app.statemachine import SegmentStatus, StaleAttempt
+from queue_app.statemachine import SegmentStatus
 from queue_app.store import Store
 
 if TYPE_CHECKING:

@@ -10,9 +10,10 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
+from jobs.errors import StageFailed
 from jobs.instances import open_ssh
 from jobs.remote import system_python
-from jobs.stage_base import StageContext, StageFailed, stage
+from jobs.stage_base import StageContext, stage
 from queue_app.jobspec import JobConfig
 from queue_app.statemachine import JobState
 

@@ -26,8 +26,9 @@ from ops.views import (
 )
 from queue_app.admission import QueueDrained
 from queue_app.connection import get_store
+from queue_app.errors import NotFoundError
 from queue_app.settings import get_settings
-from queue_app.statemachine import TERMINAL_STATES, JobState, NotFoundError
+from queue_app.statemachine import TERMINAL_STATES, JobState
 from queue_app.store import Store
 
 console = Console()
@@ -231,7 +232,7 @@ def job_cancel(job_id: str) -> None:
 
 def cancel_job(s: Store, job_id: str, tries: int = 5) -> bool:
     """Move a job to CANCELLED (retrying a lost compare-and-set); False if it had finished."""
-    from queue_app.statemachine import IllegalTransition, StaleAttempt
+    from queue_app.errors import IllegalTransition, StaleAttempt
 
     for _ in range(tries):
         job = s.job(job_id)

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 
 from queue_app.admission import drain_state
+from queue_app.errors import NotFoundError
 from queue_app.settings import Settings
-from queue_app.statemachine import JobState, NotFoundError
+from queue_app.statemachine import JobState
 from queue_app.store import Store
 
 if TYPE_CHECKING:

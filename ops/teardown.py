@@ -36,9 +36,10 @@ from jobs.providers import INSTANCE_NAME_PREFIX, Instance, Provider, ProviderErr
 from ops.steps import StepReport, log_to_file, run_script
 from queue_app.admission import set_drained
 from queue_app.connection import connect
+from queue_app.errors import IllegalTransition, StaleAttempt
 from queue_app.records import InstanceRecord, JobRecord
 from queue_app.settings import Settings, get_settings
-from queue_app.statemachine import INSTANCE_STATES, IllegalTransition, JobState, StaleAttempt
+from queue_app.statemachine import INSTANCE_STATES, JobState
 from queue_app.store import Store
 
 KNOWN_PROVIDERS = ("local", "lambda")

@@ -18,6 +18,8 @@ from typing import Any
 
 import redis
 
+from queue_app.errors import QueueError
+
 log = logging.getLogger(__name__)
 
 DRAINED_KEY = "sf:admission:drained"
@@ -34,7 +36,7 @@ class DrainState:
     keep: list[str] = field(default_factory=list)
 
 
-class QueueDrained(Exception):
+class QueueDrained(QueueError):
     """New work is refused while the queue is drained (the CLI prints the message and exits 1)."""
 
     def __init__(self, state: DrainState) -> None:

@@ -13,9 +13,11 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from queue_app.errors import QueueError
 
-class ProcessError(RuntimeError):
-    pass
+
+class ProcessError(QueueError):
+    """A process did not start, listen or answer in time; the message says which and why."""
 
 
 def spawn_detached(

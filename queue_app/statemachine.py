@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import redis
 
+from queue_app.errors import IllegalTransition, NotFoundError, StaleAttempt
+
 T = TypeVar("T")
 
 
@@ -118,30 +120,6 @@ SEGMENT_TRANSITIONS: Mapping[SegmentStatus | None, frozenset[SegmentStatus]] = {
     SegmentStatus.DONE: frozenset({SegmentStatus.SENT}),
     SegmentStatus.FAILED: frozenset(),
 }
-
-
-class StateError(Exception):
-    """Base of the state-store errors."""
-
-
-class NotFoundError(StateError):
-    def __init__(self, kind: str, ident: str) -> None:
-        super().__init__(f"no {kind} with id {ident!r}")
-        self.kind, self.ident = kind, ident
-
-
-class StaleAttempt(StateError):
-    """The caller's attempt is not the job's current attempt: it must do nothing."""
-
-    def __init__(self, job_id: str, attempt: int, current: int) -> None:
-        super().__init__(f"job {job_id}: attempt {attempt} is stale (current attempt {current})")
-        self.job_id, self.attempt, self.current = job_id, attempt, current
-
-
-class IllegalTransition(StateError):
-    def __init__(self, job_id: str, current: str, target: str) -> None:
-        super().__init__(f"job {job_id}: illegal transition {current} -> {target}")
-        self.job_id, self.current, self.target = job_id, current, target
 
 
 def allowed_from(table: Mapping[T, frozenset[T]], target: T) -> list[T]:

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import redis
 
+from queue_app.errors import NotFoundError, StaleAttempt
 from queue_app.leases import lease
 from queue_app.records import AttemptRecord, InstanceRecord, JobRecord, Record, SweepRecord
 from queue_app.statemachine import (
@@ -35,9 +36,7 @@ from queue_app.statemachine import (
     InstanceStateCAS,
     JobState,
     JobStateCAS,
-    NotFoundError,
     SegmentStatus,
-    StaleAttempt,
     encode_fields,
 )
 

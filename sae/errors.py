@@ -1,7 +1,7 @@
-"""Errors `sae` raises on purpose. All are permanent: retrying the same job cannot help, so
+"""Errors `sae` raises on purpose. None is retryable: retrying the same job cannot help, so
 the fleet fails the job with the message, which names the cause and the fix.
 
-    SAEError
+    SAEError              retryable = False for every error below
     ├── ConfigError       a config that validates alone but not against the model
     ├── DataError         dataset missing, unreadable, empty or without a usable text column
     └── ModelLoadError    model missing, gated without a token, or not a causal LM
@@ -9,11 +9,14 @@ the fleet fails the job with the message, which names the cause and the fix.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class SAEError(Exception):
     """Base of the errors below."""
 
-    permanent = True
+    retryable: ClassVar[bool] = False
+    """Whether the same call may succeed if made again."""
 
 
 class ConfigError(SAEError):

@@ -15,7 +15,8 @@ import logging
 
 from jobs.instances import request_termination
 from jobs.providers import Provider, ProviderError
-from queue_app.statemachine import IllegalTransition, JobState, StaleAttempt
+from queue_app.errors import IllegalTransition, StaleAttempt
+from queue_app.statemachine import JobState
 from watchdog.context import TickContext
 from watchdog.fleet import Tracked
 

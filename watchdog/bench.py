@@ -3,8 +3,9 @@
 For each fleet size N it starts from an empty private redis-server, records N training jobs
 (sweeps of 100, with job and sweep caps so the cost path does its full work) each on its own
 instance, and times full ticks with the provider and SSH replaced by in-process fakes that
-sleep like the real thing (watchdog.fakes). The first tick connects to every instance (cold);
-later ones reuse the kept sessions (warm), which is the steady state of a running watchdog.
+sleep like the real thing (jobs.providers.fake, jobs.ssh_fake). The first tick connects to
+every instance (cold); later ones reuse the kept sessions (warm), which is the steady state of a
+running watchdog.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from rich.console import Console
 from rich.table import Table
 
 from jobs.providers import instance_name
+from jobs.providers.fake import FakeProvider, ProviderLatency
+from jobs.ssh import CommandResult
+from jobs.ssh_fake import FakeSSH, SSHLatency
 from queue_app.connection import connect
 from queue_app.jobspec import JobConfig
 from queue_app.processes import free_port, stop_process
@@ -33,11 +37,29 @@ from queue_app.settings import Settings
 from queue_app.statemachine import InstanceState, JobState
 from queue_app.store import Store
 from watchdog.context import TickContext
-from watchdog.fakes import FakeProvider, FakeSSH, Latency
 from watchdog.probe import SSHProbe
 from watchdog.tick import run_tick
 
 SWEEP_SIZE = 100
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Seconds each kind of fake call takes."""
+
+    list_s: float = 0.0
+    get_s: float = 0.0
+    terminate_s: float = 0.0
+    ssh_connect_s: float = 0.0
+    ssh_command_s: float = 0.0
+
+    def provider(self) -> ProviderLatency:
+        return ProviderLatency(self.list_s, self.get_s, self.terminate_s)
+
+    def ssh(self) -> SSHLatency:
+        return SSHLatency(self.ssh_connect_s, self.ssh_command_s)
+
+
 DEFAULT_LATENCY = Latency(
     list_s=0.4,  # one paginated list call of a cloud API
     get_s=0.15,
@@ -145,14 +167,22 @@ def _launch(store: Store, provider: FakeProvider, job_id: str, sweep_id: str, no
     store.update_job(job_id, 1, progress={"step": 10, "updated_at": now})
 
 
+def _healthy_instance(command: str) -> CommandResult:
+    """The liveness probe's answer from an instance that trains: a fresh heartbeat."""
+    now = int(time.time())
+    return CommandResult(0, f"now={now}\nheartbeat={now - 1}\nworker=up\ntrainer=up\n", "")
+
+
 def bench_one(url: str, settings: Settings, n: int, latency: Latency, ticks: int) -> BenchRow:
     client = redis.Redis.from_url(url)
     client.flushall()
     client.close()
     store = connect(url)
-    provider = FakeProvider(latency=latency)
+    provider = FakeProvider(latency=latency.provider())
     populate(store, n, provider)
-    probe = SSHProbe(settings, connect_fn=FakeSSH(latency))
+    ssh = FakeSSH(latency.ssh())
+    ssh.answer("echo now=", _healthy_instance)
+    probe = SSHProbe(settings, connect_fn=ssh)
     durations, actions, errors = [], 0, 0
     try:
         for _ in range(ticks):

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from queue_app.errors import StaleAttempt
 from queue_app.records import JobRecord
-from queue_app.statemachine import INSTANCE_STATES, JobState, StaleAttempt
+from queue_app.statemachine import INSTANCE_STATES, JobState
 from watchdog.actions import cost_cap
 from watchdog.context import TickContext
 from watchdog.fleet import Fleet, Tracked

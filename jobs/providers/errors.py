@@ -1,9 +1,10 @@
-"""Provider errors: every provider maps its own failures (HTTP, processes) onto these.
+"""Provider errors: every provider maps its own failures (HTTP, processes) onto these
+(part of the jobs error tree, jobs.errors).
 
-ProviderError            transient: 5xx, timeouts, connection errors, malformed replies
-├── CapacityError        transient: no capacity for this type/region now; try the next one
-├── RateLimited          transient: slow down (retry_after seconds when the API says)
-└── PermanentProviderError   do not retry
+ProviderError            retryable: 5xx, timeouts, connection errors, malformed replies
+├── CapacityError        retryable: no capacity for this type/region now; try the next one
+├── RateLimited          retryable: slow down (retry_after seconds when the API says)
+└── PermanentProviderError   not retryable
     ├── AuthError        the API key is invalid or the account inactive
     ├── QuotaError       the account may not launch more of this type
     ├── InvalidRequest   a parameter is wrong (names it)
@@ -12,11 +13,13 @@ ProviderError            transient: 5xx, timeouts, connection errors, malformed 
 
 from __future__ import annotations
 
+from jobs.errors import JobsError
 
-class ProviderError(Exception):
+
+class ProviderError(JobsError):
     """A provider call failed in a way that may succeed if retried."""
 
-    transient = True
+    retryable = True
 
 
 class CapacityError(ProviderError):
@@ -24,6 +27,8 @@ class CapacityError(ProviderError):
 
 
 class RateLimited(ProviderError):
+    """The API asks us to slow down."""
+
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
@@ -32,20 +37,20 @@ class RateLimited(ProviderError):
 class PermanentProviderError(ProviderError):
     """Retrying will not help; the message says what to fix."""
 
-    transient = False
+    retryable = False
 
 
 class AuthError(PermanentProviderError):
-    pass
+    """The API key is invalid or the account inactive."""
 
 
 class QuotaError(PermanentProviderError):
-    pass
+    """The account may not launch more of this instance type."""
 
 
 class InvalidRequest(PermanentProviderError):
-    pass
+    """A request parameter is wrong; the message names it."""
 
 
 class NotFound(PermanentProviderError):
-    pass
+    """No such instance (for terminate: already gone)."""

@@ -221,7 +221,7 @@ class RetryPolicy:
 
 
 def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, ProviderError) and exc.transient and not isinstance(exc, CapacityError)
+    return isinstance(exc, ProviderError) and exc.retryable and not isinstance(exc, CapacityError)
 
 
 def _log_retry(what: str, state: tenacity.RetryCallState) -> None:

@@ -1,6 +1,7 @@
 """Fixtures for tests that need instances: local-provider instances (real sshd processes) and
-SSH sessions to them. Every instance launched here is terminated at teardown, even when the
-test fails. Without sshd they skip locally and fail in CI."""
+SSH sessions to them, and for the stage unit tests a `StageWorld` of in-process fakes. Every
+instance launched here is terminated at teardown, even when the test fails. Without sshd they
+skip locally and fail in CI."""
 
 from __future__ import annotations
 
@@ -10,10 +11,15 @@ from typing import Any
 
 import pytest
 
+import jobs.bootstrap
+import jobs.instances
 from jobs.providers.base import Capacity, Instance, InstanceStatus, LaunchRequest
 from jobs.providers.local import INSTANCE_TYPE, REGION, LocalProvider
 from jobs.ssh import SSHSession, SSHTarget, connect, ensure_keypair
+from queue_app.celery_app import app
 from queue_app.settings import Settings
+from queue_app.store import Store
+from tests.jobs.stage_world import StageWorld
 from tests.support.servers import require_sshd
 
 LaunchLocal = Callable[..., Instance]
@@ -109,3 +115,22 @@ def ssh_session(ssh_target: SSHTarget) -> Iterator[SSHSession]:
     """A connected session to `local_instance`, closed at teardown."""
     with connect(ssh_target) as session:
         yield session
+
+
+@pytest.fixture
+def stage_world(
+    settings: Settings, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[StageWorld]:
+    """A StageWorld wired in: the stages reach its provider and SSH through jobs.instances,
+    its bundle instead of a wheel build, its ping and task log instead of the broker."""
+    world = StageWorld(store, settings)
+    bundle = tmp_path / "saefleet-0-py3-none-any.whl"
+    bundle.write_bytes(b"wheel")
+    monkeypatch.setattr(jobs.instances, "get_provider", lambda spec, settings: world.provider)
+    monkeypatch.setattr(jobs.instances, "connect", world.ssh)
+    monkeypatch.setattr(jobs.bootstrap, "ensure_bundle", lambda bundles_dir: bundle)
+    monkeypatch.setattr(app, "send_task", world.record_send)
+    monkeypatch.setattr(app.control, "ping", world.answer_ping)
+    monkeypatch.setattr(app.Task, "retry", world.record_retry)
+    monkeypatch.setattr(app.Task, "replace", world.record_replace)
+    yield world

@@ -56,7 +56,7 @@ def test_check_raises_command_failed_without_env_values(ssh_session: SSHSession)
         ssh_session.run(command, check=True, env={"TOKEN": "s3cret-token"})
     error = failed.value
     assert (error.exit_status, error.stderr, error.command) == (7, "boom\n", command)
-    assert not error.transient
+    assert not error.retryable
     assert "status 7" in str(error) and "boom" in str(error)
     assert "s3cret-token" not in str(error)
 
@@ -73,7 +73,7 @@ def test_timeout_is_transient_and_the_session_stays_usable(ssh_session: SSHSessi
     started = time.monotonic()
     with pytest.raises(CommandTimeout) as timed_out:
         ssh_session.run("sleep 5", timeout=0.3)
-    assert timed_out.value.transient
+    assert timed_out.value.retryable
     assert time.monotonic() - started < 2
     assert ssh_session.run("echo still here").stdout == "still here\n"
 
@@ -84,7 +84,7 @@ def test_lost_connection_is_transient(
     local_provider.preempt(local_instance.id)
     with pytest.raises(SSHConnectError) as lost:
         ssh_session.run("true")
-    assert lost.value.transient
+    assert lost.value.retryable
 
 
 # ---- transfers ----------------------------------------------------------------------------
@@ -128,7 +128,7 @@ def test_put_into_missing_directory_is_a_remote_path_error(
 ) -> None:
     with pytest.raises(RemotePathError) as failed:
         ssh_session.put_bytes(b"x", f"{local_instance.workdir}/missing/file")
-    assert not failed.value.transient
+    assert not failed.value.retryable
     assert ssh_session.listdir(local_instance.workdir) == []
 
 
@@ -210,7 +210,7 @@ def test_host_key_is_pinned_by_id_and_a_changed_key_is_rejected(
     started = time.monotonic()
     with pytest.raises(HostKeyMismatch) as mismatch:
         connect(impostor)
-    assert not mismatch.value.transient
+    assert not mismatch.value.retryable
     assert time.monotonic() - started < 0.5  # not retried
     assert first.id in str(mismatch.value)
 
@@ -221,7 +221,7 @@ def test_connect_to_a_dead_port_is_transient_after_retries(tmp_path: Path) -> No
     started = time.monotonic()
     with pytest.raises(SSHConnectError) as refused:
         connect(target, timeout=1.0, attempts=2)
-    assert refused.value.transient
+    assert refused.value.retryable
     assert 0.4 < time.monotonic() - started < 3  # one backoff between two attempts
 
 
@@ -257,7 +257,7 @@ def test_a_bad_banner_is_a_connect_error(
     target = SSHTarget("127.0.0.1", port, "root", key, "bad", tmp_path / "known")
     with pytest.raises(SSHConnectError) as failed:
         connect(target, timeout=1.0, attempts=1)
-    assert failed.value.transient
+    assert failed.value.retryable
 
 
 def test_a_silent_server_times_out(tmp_path: Path) -> None:
@@ -277,7 +277,7 @@ def test_a_wrong_key_is_an_auth_error_without_retry(
     started = time.monotonic()
     with pytest.raises(SSHAuthError) as rejected:
         connect(ssh_target_for(local_instance, key_path=other_key))
-    assert not rejected.value.transient
+    assert not rejected.value.retryable
     assert time.monotonic() - started < 0.5
 
 

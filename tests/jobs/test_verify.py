@@ -1,11 +1,21 @@
-"""The GPU checklist's verdicts on probe reports (the probe itself runs in the e2e tests)."""
+"""The GPU checklist's verdicts on probe reports (the probe itself runs in the e2e tests), and
+stage `verify_gpu` over fake SSH: a pass, an unreachable instance retried, a failed check that
+fails the job and terminates the instance, and a duplicate that runs no probe."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from jobs.providers import InstanceStatus
+from jobs.ssh import CommandResult
+from jobs.stage_base import backoff
+from jobs.stages import verify_gpu
 from jobs.verify import GPUReport
 from queue_app.jobspec import JobConfig
+from queue_app.records import InstanceRecord
+from queue_app.statemachine import InstanceState, JobState
+from tests.jobs.stage_world import StageWorld
 
 
 def config(**gpu: Any) -> JobConfig:
@@ -60,3 +70,70 @@ def test_no_gpu_fails_unless_the_job_allows_cpu() -> None:
     assert GPUReport({"torch_error": "ModuleNotFoundError"}).failures(
         config(require_gpu=False)
     ) == ["torch: cannot import (ModuleNotFoundError)"]
+
+
+CPU_PROBE = {"python": "3.11.2", "torch": "2.6.0+cpu", "cuda": None, "cuda_available": False}
+
+
+def _verifying(world: StageWorld) -> tuple[str, InstanceRecord]:
+    job_id = world.sweep()
+    return job_id, world.launch(job_id, JobState.VERIFYING)
+
+
+def _probe_answers(world: StageWorld, probe: dict[str, Any]) -> None:
+    world.ssh.answer("import json, shutil", CommandResult(0, json.dumps(probe) + "\n", ""))
+
+
+def test_verify_records_the_gpu_and_moves_on_to_bootstrap(stage_world: StageWorld) -> None:
+    job_id, instance = _verifying(stage_world)
+    _probe_answers(stage_world, CPU_PROBE)
+    delivery = stage_world.deliver(verify_gpu, job_id)
+    assert delivery == stage_world.passed_on(job_id)
+    assert stage_world.job(job_id).state is JobState.BOOTSTRAPPING
+    assert "torch 2.6.0+cpu" in (stage_world.attempt(job_id).gpu or "")
+    assert len(stage_world.ssh.commands[instance.instance_id]) == 1
+
+
+def test_an_unreachable_instance_is_retried_with_backoff(stage_world: StageWorld) -> None:
+    job_id, instance = _verifying(stage_world)
+    _probe_answers(stage_world, CPU_PROBE)
+    stage_world.ssh.down.add(instance.instance_id)
+    delivery = stage_world.deliver(verify_gpu, job_id)
+    assert (delivery.state, delivery.countdown) == ("RETRY", backoff(1))
+    assert stage_world.job(job_id).state is JobState.VERIFYING
+    stage_world.ssh.down.clear()
+    assert stage_world.deliver(verify_gpu, job_id).state == "SUCCESS"
+    assert stage_world.job(job_id).state is JobState.BOOTSTRAPPING
+
+
+def test_an_unreachable_instance_the_provider_lost_is_a_preemption(
+    stage_world: StageWorld,
+) -> None:
+    job_id, instance = _verifying(stage_world)
+    stage_world.ssh.down.add(instance.instance_id)
+    stage_world.provider.set_status(instance.instance_id, InstanceStatus.PREEMPTED)
+    delivery = stage_world.deliver(verify_gpu, job_id)
+    assert delivery.state == "IGNORED" and delivery.replacement is not None
+    assert stage_world.job(job_id).state is JobState.PREEMPTED
+
+
+def test_a_failed_check_fails_the_job_and_terminates_the_instance(
+    stage_world: StageWorld,
+) -> None:
+    job_id, instance = _verifying(stage_world)
+    _probe_answers(stage_world, {**CPU_PROBE, "torch": "2.1.0"})
+    delivery = stage_world.deliver(verify_gpu, job_id)
+    assert delivery == stage_world.passed_on(job_id)
+    assert stage_world.failure(job_id, instance) == (
+        "verify_gpu: GPU check failed: torch version: 2.1.0 < 2.5"
+    )
+    assert stage_world.instance(instance.instance_id).state is InstanceState.TERMINATING
+
+
+def test_a_duplicate_verify_runs_no_probe(stage_world: StageWorld) -> None:
+    job_id = stage_world.sweep()
+    instance = stage_world.launch(job_id, JobState.BOOTSTRAPPING)
+    delivery = stage_world.deliver(verify_gpu, job_id)
+    assert delivery == stage_world.passed_on(job_id)
+    assert stage_world.ssh.commands[instance.instance_id] == []
+    assert stage_world.job(job_id).state is JobState.BOOTSTRAPPING

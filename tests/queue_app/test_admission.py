@@ -45,8 +45,9 @@ def test_submission_is_refused_while_drained_and_nothing_is_written(
     }
     spec = SweepSpec.model_validate({"name": "refused", "job": job})
     set_drained(store.r, "drain", {})
-    with pytest.raises(QueueDrained, match="drain --undo"):
+    with pytest.raises(QueueDrained, match="drain --undo") as caught:
         submit_sweep(spec, spec.expand(), store)
+    assert caught.value.state.by == "drain"
     assert store.sweep_ids() == []
     clear_drained(store.r)
     check_admits_work(store.r)

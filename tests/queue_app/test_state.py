@@ -7,18 +7,16 @@ import time
 import fakeredis
 import pytest
 
+from queue_app.errors import IllegalTransition, NotFoundError, StaleAttempt
 from queue_app.records import InstanceRecord, JobRecord, SweepRecord
 from queue_app.statemachine import (
     INSTANCE_TRANSITIONS,
     JOB_TRANSITIONS,
     SEGMENT_TRANSITIONS,
     TERMINAL_STATES,
-    IllegalTransition,
     InstanceState,
     JobState,
-    NotFoundError,
     SegmentStatus,
-    StaleAttempt,
 )
 from queue_app.store import Store
 

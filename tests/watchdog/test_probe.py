@@ -15,11 +15,11 @@ from jobs.instances import fleet_keypair
 from jobs.providers import LaunchRequest
 from jobs.providers.local import INSTANCE_TYPE, REGION, LocalProvider
 from jobs.remote import RemoteLayout
+from jobs.ssh_fake import FakeSSH
 from queue_app.records import InstanceRecord
 from queue_app.settings import Settings
 from queue_app.statemachine import InstanceState
 from tests.support.servers import require_sshd
-from watchdog.fakes import FakeSSH
 from watchdog.probe import ProbeResult, SSHProbe, parse_probe_output
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from queue_app.errors import NotFoundError
 from queue_app.records import AttemptRecord, JobRecord
-from queue_app.statemachine import JobState, NotFoundError
+from queue_app.statemachine import JobState
 from tests.support.fleet import ControlPlane, write_sweep
 from tests.watchdog.e2e import LOST, start_plane
 

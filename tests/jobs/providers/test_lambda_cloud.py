@@ -155,7 +155,7 @@ def test_error_codes_map_to_our_errors_and_only_transient_ones_are_retried(
     assert type(caught.value) is kind
     assert code in str(caught.value)
     assert len(calls) == (3 if retried else 1)
-    assert caught.value.transient == retried or kind is CapacityError
+    assert caught.value.retryable == retried or kind is CapacityError
 
 
 def test_invalid_request_names_the_parameter_and_auth_error_says_what_to_do() -> None:

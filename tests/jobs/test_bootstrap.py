@@ -1,0 +1,114 @@
+"""Stage `bootstrap` over fake SSH: upload once, start the worker once, poll until it answers a
+ping; wait (bounded) for the SSH tunnel; a worker that dies at start-up fails the job with its
+log and terminates the instance; a duplicate uploads and starts nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from jobs.bootstrap import TUNNEL_TIMEOUT_S
+from jobs.remote import layout_for
+from jobs.ssh import CommandResult, SSHConnectError
+from jobs.stage_base import backoff
+from jobs.stages import bootstrap
+from queue_app.records import InstanceRecord
+from queue_app.statemachine import JobState
+from tests.jobs.stage_world import StageWorld, ago
+
+S = JobState
+BROKER_PORT = 16379
+
+
+def _ready(world: StageWorld, tunnel: bool = True) -> tuple[str, InstanceRecord]:
+    """A job at BOOTSTRAPPING with an instance (and its SSH tunnel to our Redis)."""
+    job_id = world.sweep()
+    instance = world.launch(job_id, S.BOOTSTRAPPING)
+    if tunnel:
+        world.store.update_instance(instance.instance_id, broker_port=BROKER_PORT)
+    return job_id, world.instance(instance.instance_id)
+
+
+def _starts(world: StageWorld, instance: InstanceRecord) -> list[str]:
+    return [c for c in world.ssh.commands[instance.instance_id] if "setsid nohup" in c]
+
+
+def _drops_once() -> Callable[[str], CommandResult]:
+    """An answer that loses the connection the first time, then succeeds."""
+    dropped: list[str] = []
+
+    def answer(command: str) -> CommandResult:
+        if not dropped:
+            dropped.append(command)
+            raise SSHConnectError("connection lost")
+        return CommandResult(0, "", "")
+
+    return answer
+
+
+def test_bootstrap_uploads_starts_the_worker_and_waits_for_its_ping(
+    stage_world: StageWorld,
+) -> None:
+    job_id, instance = _ready(stage_world)
+    layout = layout_for(instance)
+    polled = stage_world.deliver(bootstrap, job_id)
+    assert (polled.state, polled.countdown) == ("RETRY", 2.0)
+    files = stage_world.ssh.files[instance.instance_id]
+    assert {layout.job_config, layout.broker_url_file, layout.start_script} <= set(files)
+    assert f"127.0.0.1:{BROKER_PORT}/".encode() in files[layout.broker_url_file]
+    assert b"celery" in files[layout.start_script]
+    assert stage_world.attempt(job_id).bootstrap_phase == "started"
+
+    assert stage_world.deliver(bootstrap, job_id).state == "RETRY"  # no answer yet
+    stage_world.worker_answers(job_id, instance)
+    delivery = stage_world.deliver(bootstrap, job_id)
+    assert delivery == stage_world.passed_on(job_id)
+    assert stage_world.job(job_id).state is S.TRAINING
+    assert len(_starts(stage_world, instance)) == 1
+
+
+def test_bootstrap_waits_for_the_tunnel_then_gives_up(stage_world: StageWorld) -> None:
+    job_id, instance = _ready(stage_world, tunnel=False)
+    waiting = stage_world.deliver(bootstrap, job_id)
+    assert (waiting.state, waiting.countdown) == ("RETRY", 1.0)
+    assert stage_world.attempt(job_id).waiting_for == "the SSH tunnel"
+    assert stage_world.ssh.files[instance.instance_id] == {}
+
+    stage_world.store.update_attempt(job_id, 1, waiting_since=ago(TUNNEL_TIMEOUT_S + 1))
+    assert stage_world.deliver(bootstrap, job_id).state == "SUCCESS"
+    assert "no SSH tunnel" in stage_world.failure(job_id, instance)
+
+
+def test_a_dropped_connection_is_retried_and_uploads_only_once(stage_world: StageWorld) -> None:
+    job_id, instance = _ready(stage_world)
+    stage_world.ssh.answer("setsid nohup", _drops_once())  # while starting the worker
+    dropped = stage_world.deliver(bootstrap, job_id)
+    assert (dropped.state, dropped.countdown) == ("RETRY", backoff(1))
+    assert stage_world.attempt(job_id).bootstrap_phase == "uploaded"
+
+    stage_world.ssh.files[instance.instance_id].clear()
+    assert stage_world.deliver(bootstrap, job_id).state == "RETRY"
+    assert stage_world.ssh.files[instance.instance_id] == {}  # not uploaded again
+    assert stage_world.attempt(job_id).bootstrap_phase == "started"
+
+
+def test_a_worker_that_dies_at_start_up_fails_the_job_with_its_log(
+    stage_world: StageWorld,
+) -> None:
+    job_id, instance = _ready(stage_world)
+    stage_world.ssh.answer("^kill -0", CommandResult(1, "", ""))
+    stage_world.ssh.answer(
+        "tail -n", CommandResult(0, "ModuleNotFoundError: No module named x", "")
+    )
+    delivery = stage_world.deliver(bootstrap, job_id)
+    assert delivery == stage_world.passed_on(job_id)
+    reason = stage_world.failure(job_id, instance)
+    assert "exited during start-up" in reason and "No module named x" in reason
+
+
+def test_a_duplicate_bootstrap_uploads_and_starts_nothing(stage_world: StageWorld) -> None:
+    job_id, instance = _ready(stage_world)
+    stage_world.store.transition(job_id, 1, S.TRAINING)
+    delivery = stage_world.deliver(bootstrap, job_id)
+    assert delivery == stage_world.passed_on(job_id)
+    assert stage_world.ssh.commands[instance.instance_id] == []
+    assert stage_world.ssh.files[instance.instance_id] == {}
