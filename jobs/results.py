@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from jobs.job_cost import costs_by_job, job_instances
 from queue_app.state import Store
 
 
 def job_result(store: Store, job_id: str) -> dict[str, Any]:
     job = store.job(job_id)
-    attempts = store.attempts(job_id)
-    instances = [store.instance(a.instance_id) for a in attempts if a.instance_id]
-    cost = sum(i.cost_usd() for i in instances)
+    instances = job_instances(store, job_id)
+    cost = costs_by_job(instances).get(job_id, 0.0)
     hours = sum(i.running_hours() for i in instances)
     return {
         "job_id": job.job_id,
