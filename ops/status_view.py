@@ -180,7 +180,7 @@ JOB_COLUMNS = (
     Column("L0", lambda j: _num(j["l0"], ".1f"), right=True),
     Column("tok/s", lambda j: _num(j["tokens_per_s"], ",.0f"), "wide", right=True),
     Column("ETA", lambda j: fmt_duration(j["eta_s"]), right=True),
-    Column("seen", lambda j: fmt_duration(j["progress_age_s"]), "wide", right=True),
+    Column("updated", lambda j: fmt_duration(j["progress_age_s"]), "wide", right=True),
     Column("cost $", lambda j: f"{j['cost_usd']:.2f}", "narrow", right=True),
     Column("cost $", lambda j: f"{j['cost_usd']:.4f}", "wide", right=True),
     Column("reason", lambda j: j["reason"] or "", "wide"),
