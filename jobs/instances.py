@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from jobs.providers import InstanceStatus, NotFound, Provider, get_provider
-from jobs.ssh import SSHSession, SSHTarget, connect, ensure_keypair
+from jobs.ssh import SSHSession, SSHTarget, connect, ensure_keypair, ensure_private_key
 from queue_app.jobspec import ProviderSpec
 from queue_app.records import InstanceRecord
 from queue_app.settings import Settings
@@ -36,12 +36,11 @@ def fleet_keypair(settings: Settings) -> tuple[Path, str]:
 def ssh_target(instance: InstanceRecord, settings: Settings) -> SSHTarget:
     if instance.host is None or instance.ssh_port is None or instance.ssh_user is None:
         raise ValueError(f"instance {instance.instance_id} has no SSH address yet")
-    key_path, _ = fleet_keypair(settings)
     return SSHTarget(
         host=instance.host,
         port=instance.ssh_port,
         user=instance.ssh_user,
-        key_path=key_path,
+        key_path=ensure_private_key(settings.keys_dir),
         host_key_id=instance.instance_id,
         known_hosts_dir=settings.known_hosts_dir,
     )

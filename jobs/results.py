@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from jobs.job_cost import costs_by_job, job_instances
 from queue_app.statemachine import JobState
 from queue_app.store import Store
 
@@ -109,8 +110,7 @@ class SweepSummary(_Result):
 
 def job_result(store: Store, job_id: str) -> JobResult:
     job = store.job(job_id)
-    attempts = store.attempts(job_id)
-    instances = [store.instance(a.instance_id) for a in attempts if a.instance_id]
+    instances = job_instances(store, job_id)
     return JobResult(
         job_id=job.job_id,
         index=job.index,
@@ -119,7 +119,7 @@ def job_result(store: Store, job_id: str) -> JobResult:
         reason=job.reason,
         attempts=job.attempt,
         preemptions=job.preemptions,
-        cost_usd=round(sum(i.cost_usd() for i in instances), 6),
+        cost_usd=round(costs_by_job(instances).get(job_id, 0.0), 6),
         instance_hours=round(sum(i.running_hours() for i in instances), 6),
         overrides=job.job_spec.overrides,
         metrics=job.metrics,

@@ -18,6 +18,7 @@ values passed to `run` or key material.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -477,23 +478,40 @@ def _check_host_key(target: SSHTarget, key: paramiko.PKey) -> None:
 
 
 def load_private_key(path: Path) -> paramiko.PKey:
-    """Load an unencrypted private key (any type paramiko reads)."""
+    """Load an unencrypted private key (any type paramiko reads). Parsed once while the file
+    is unchanged: parsing an ed25519 key derives its public half (~1 ms), and a watchdog
+    connecting to thousands of instances would otherwise do it per connection."""
     try:
-        return paramiko.PKey.from_path(path)
+        status = path.stat()
+        return _parsed_private_key(path, status.st_mtime_ns, status.st_size, status.st_ino)
     except (OSError, paramiko.SSHException, ValueError) as exc:
         raise SSHAuthError(f"cannot load private key {path}: {exc}") from exc
 
 
-def ensure_keypair(keys_dir: Path, name: str = "saefleet") -> tuple[Path, str]:
-    """Our ed25519 key `keys_dir/name` (mode 0600), generated on first use; returns its path
-    and OpenSSH public key line. Concurrent callers agree on one key."""
-    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+@functools.lru_cache(maxsize=8)
+def _parsed_private_key(path: Path, mtime_ns: int, size: int, inode: int) -> paramiko.PKey:
+    """The key at `path` as it was at (`mtime_ns`, `size`, `inode`); a changed file is a new
+    cache entry. Keys sign statelessly, so threads share them."""
+    return paramiko.PKey.from_path(path)
+
+
+def ensure_private_key(keys_dir: Path, name: str = "saefleet") -> Path:
+    """The path of our ed25519 key `keys_dir/name` (mode 0600), generated on first use.
+    Concurrent callers agree on one key."""
     path = keys_dir / name
     if not path.exists():
+        keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         private = Ed25519PrivateKey.generate().private_bytes(
             Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()
         )
         _create_once(path, private, PRIVATE_KEY_MODE)
+    return path
+
+
+def ensure_keypair(keys_dir: Path, name: str = "saefleet") -> tuple[Path, str]:
+    """Our key `keys_dir/name` as `ensure_private_key` makes it: its path and its OpenSSH
+    public key line."""
+    path = ensure_private_key(keys_dir, name)
     key = load_private_key(path)
     return path, f"{key.get_name()} {key.get_base64()} {name}"
 

@@ -45,6 +45,7 @@ app.add_typer(job_app, name="job")
 app.add_typer(fleet_app, name="fleet")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+WideFlag = Annotated[bool, typer.Option("--wide", help="Every column and full ids.")]
 
 
 class BadInput(Exception):
@@ -124,16 +125,16 @@ def sweep_submit(
 
 
 @sweep_app.command("status")
-def sweep_status(sweep_id: str, json_out: JsonFlag = False) -> None:
+def sweep_status(sweep_id: str, json_out: JsonFlag = False, wide: WideFlag = False) -> None:
     """Where each job of a sweep stands."""
     s = store()
     sweep = s.sweep(sweep_id)
     if json_out:
         emit_json(sweep_json(s, sweep))
         return
-    from ops.status_view import fleet_status, render
+    from ops.status_view import fleet_status, print_status, render
 
-    console.print(render(fleet_status(s, sweep_id)))
+    print_status(console, render(fleet_status(s, sweep_id), wide), wide)
     if sweep.finished_at:
         console.print(f"finished; summary: {sweep.summary_path}")
 

@@ -18,11 +18,12 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from jobs.job_cost import job_cost_usd
 from jobs.spec import load_sweep_file
 from jobs.submission import submit_sweep
 from ops import controlplane
 from ops.follow import SweepTimeout, follow_sweep
-from ops.views import job_cost
+from ops.views import grid_label, job_suffix
 from queue_app.connection import get_store
 from queue_app.settings import Settings, get_settings
 from queue_app.statemachine import JobState
@@ -111,20 +112,21 @@ def _sae_cli(*args: str) -> None:
 
 
 def results_table(store: Store, sweep_id: str) -> Table:
-    table = Table(title="results")
-    for column in ("job", "k", "state", "FVU", "L0", "CE recovered", "PII F1", "cost $"):
-        table.add_column(column)
+    """One row per job, told apart by its id within the sweep (`0002`) and its grid values."""
+    table = Table(title=f"results of sweep {sweep_id}")
+    for column in ("job", "grid", "state", "FVU", "L0", "CE recovered", "PII F1", "cost $"):
+        table.add_column(column, no_wrap=column in ("job", "grid", "state"))
     for job in store.sweep_jobs(sweep_id):
         m = job.metrics
         table.add_row(
-            job.job_id,
-            str(job.job_spec.overrides.get("sae.k", "-")),
+            job_suffix(job.job_id, sweep_id),
+            grid_label(job.job_spec.overrides, job.name),
             str(job.state),
             _fmt(m.get("fvu")),
             _fmt(m.get("l0")),
             _fmt(m.get("ce_loss_recovered")),
             _fmt(m.get("pii_mean_probe_f1")),
-            f"{job_cost(store, job):.4f}",
+            f"{job_cost_usd(store, job.job_id):.4f}",
         )
     return table
 

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 import typer
 from rich.console import Console
 
+from jobs.job_cost import costs_by_job
 from queue_app.connection import get_store
 from queue_app.logs import redact
 from queue_app.records import JobRecord, SweepRecord
@@ -67,6 +68,7 @@ def job_history(job: JobRecord) -> list[dict[str, Any]]:
 
 def job_rows(store: Store, sweep: SweepRecord) -> list[dict[str, Any]]:
     instances = [i for i in store.instances() if i.sweep_id == sweep.sweep_id]
+    job_usd = costs_by_job(instances)
     rows = []
     for job in store.sweep_jobs(sweep.sweep_id):
         mine = [i for i in instances if i.job_id == job.job_id]
@@ -79,7 +81,7 @@ def job_rows(store: Store, sweep: SweepRecord) -> list[dict[str, Any]]:
                 "reason": job.reason,
                 "attempts": job.attempt,
                 "preemptions": job.preemptions,
-                "cost_usd": round(sum(i.cost_usd() for i in mine), 6),
+                "cost_usd": round(job_usd.get(job.job_id, 0.0), 6),
                 "instance_hours": round(sum(i.running_hours() for i in mine), 6),
                 "tokens": train.get("tokens", job.progress.get("tokens")),
                 "fvu": final_metric(job.metrics, "fvu"),

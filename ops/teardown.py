@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from jobs.instances import confirm_terminated
+from jobs.job_cost import costs_by_job, sweep_cost_usd
 from jobs.providers import INSTANCE_NAME_PREFIX, Instance, Provider, ProviderError, get_provider
 from ops.steps import StepReport, log_to_file, run_script
 from queue_app.admission import set_drained
@@ -307,14 +308,13 @@ def cost_summary(store: Store | None, fleet: Fleet) -> dict[str, Any]:
     torn_down = [every[iid] for (_, iid) in fleet.instances if iid in every]
     sweep_ids = {r.sweep_id for r in torn_down}
     sweep_ids |= {j.sweep_id for j in store.jobs(list(fleet.cancelled))}
+    job_usd = costs_by_job(every.values())
     sweeps = {
-        sweep_id: {
-            "cost_usd": round(
-                sum(i.cost_usd() for i in every.values() if i.sweep_id == sweep_id), 6
-            ),
-            "budget_usd": store.sweep(sweep_id).budget_usd,
+        sweep.sweep_id: {
+            "cost_usd": round(sweep_cost_usd(sweep.job_ids, job_usd), 6),
+            "budget_usd": sweep.budget_usd,
         }
-        for sweep_id in sorted(sweep_ids)
+        for sweep in (store.sweep(sweep_id) for sweep_id in sorted(sweep_ids))
     }
     return {
         "usd_per_hour_stopped": round(stopped_rate, 4),

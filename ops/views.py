@@ -1,20 +1,37 @@
-"""Human views of sweeps, jobs and instances (rich tables) and their JSON forms for scripts."""
+"""Human views of sweeps, jobs and instances (rich tables) and their JSON forms for scripts, and
+the pieces every table shares: short ids, a job's grid values, durations, coloured states."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from rich.table import Table
 
+from jobs.job_cost import job_cost_usd
 from queue_app.records import InstanceRecord, JobRecord, SweepRecord
 from queue_app.store import Store
 
+STATE_COLOURS = {
+    "SUCCEEDED": "green",
+    "FAILED": "red",
+    "COST_CAPPED": "red",
+    "CANCELLED": "magenta",
+    "PREEMPTED": "yellow",
+    "TRAINING": "cyan",
+}
 
-def fmt_age(ts: float | None, now: float | None = None) -> str:
-    if not ts:
+
+def state_markup(state: str) -> str:
+    colour = STATE_COLOURS.get(state)
+    return f"[{colour}]{state}[/]" if colour else state
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
         return "-"
-    seconds = max(0, int((now or time.time()) - ts))
+    seconds = int(seconds)
     if seconds < 120:
         return f"{seconds}s"
     if seconds < 7200:
@@ -22,12 +39,39 @@ def fmt_age(ts: float | None, now: float | None = None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def job_cost(store: Store, job: JobRecord) -> float:
-    return sum(
-        store.instance(a.instance_id).cost_usd()
-        for a in store.attempts(job.job_id)
-        if a.instance_id
-    )
+def short_ids(ids: Iterable[str], min_len: int = 10) -> dict[str, str]:
+    """Each id cut to its shortest prefix of at least `min_len` characters that no other of
+    `ids` starts with (as git shortens hashes): unique within what is shown."""
+    ordered = sorted(set(ids))
+    out = {}
+    for i, this in enumerate(ordered):
+        neighbours = ordered[max(0, i - 1) : i] + ordered[i + 1 : i + 2]
+        shared = max((_common_prefix_len(this, n) for n in neighbours), default=0)
+        out[this] = this[: max(min_len, shared + 1)]
+    return out
+
+
+def _common_prefix_len(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def job_suffix(job_id: str, sweep_id: str) -> str:
+    """What tells a job apart within its sweep: its id after the sweep's (`0003`)."""
+    return job_id.removeprefix(f"{sweep_id}-")
+
+
+def grid_label(overrides: Mapping[str, Any], fallback: str) -> str:
+    """A job's grid values, short: `k=16,lr=0.0001` for {"sae.k": 16, "train.lr": 1e-4} (the
+    last part of each path, the whole path where two end alike); `fallback` without a grid."""
+    last = [path.rsplit(".", 1)[-1] for path in overrides]
+    keys = [k if last.count(k) == 1 else path for k, path in zip(last, overrides, strict=True)]
+    label = ",".join(f"{k}={v}" for k, v in zip(keys, overrides.values(), strict=True))
+    return label or fallback
 
 
 def job_progress(job: JobRecord) -> str:
@@ -50,20 +94,15 @@ def jobs_table(store: Store, jobs: list[JobRecord], title: str = "jobs") -> Tabl
         table.add_row(
             job.job_id,
             job.name,
-            _state_text(job),
+            state_markup(str(job.state)),
             str(job.attempt),
             job.instance_id or "-",
             job_progress(job),
             f"{p['loss']:.4g}" if "loss" in p else "-",
             f"{p['l0']:.1f}" if "l0" in p else "-",
-            f"{job_cost(store, job):.4f}",
+            f"{job_cost_usd(store, job.job_id):.4f}",
         )
     return table
-
-
-def _state_text(job: JobRecord) -> str:
-    colour = {"SUCCEEDED": "green", "FAILED": "red", "PREEMPTED": "yellow"}.get(str(job.state))
-    return f"[{colour}]{job.state}[/]" if colour else str(job.state)
 
 
 def sweep_json(store: Store, sweep: SweepRecord) -> dict[str, Any]:
@@ -74,7 +113,7 @@ def sweep_json(store: Store, sweep: SweepRecord) -> dict[str, Any]:
         "created_at": sweep.created_at,
         "finished_at": sweep.finished_at,
         "budget_usd": sweep.budget_usd,
-        "cost_usd": round(sum(job_cost(store, j) for j in jobs), 6),
+        "cost_usd": round(sum(job_cost_usd(store, j.job_id) for j in jobs), 6),
         "summary_path": sweep.summary_path,
         "jobs": [job_json(store, j) for j in jobs],
     }
@@ -91,7 +130,7 @@ def job_json(store: Store, job: JobRecord, detail: bool = False) -> dict[str, An
         "reason": job.reason,
         "progress": job.progress,
         "metrics": job.metrics,
-        "cost_usd": round(job_cost(store, job), 6),
+        "cost_usd": round(job_cost_usd(store, job.job_id), 6),
         "latest_checkpoint": job.latest_checkpoint,
         "artifacts_dir": job.artifacts_dir,
     }

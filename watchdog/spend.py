@@ -11,6 +11,7 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from jobs.job_cost import costs_by_job, sweep_cost_usd
 from queue_app.records import InstanceRecord
 from queue_app.store import (
     INSTANCES,
@@ -71,11 +72,10 @@ def load_spend(store: Store, fleet: Fleet, now: float, with_day: bool) -> Spend:
     if with_day:
         day_ids = _day_instance_ids(store, fleet, now)
     instances = {**_load_instances(store, (wanted | day_ids) - known.keys()), **known}
-    job_usd = {
-        j: sum(instances[i].cost_usd(now) for i in ids if i in instances)
-        for j, ids in job_instances.items()
-    }
-    sweep_usd = {s: sum(job_usd.get(j, 0.0) for j in sweep_jobs[s]) for s in sweep_ids}
+    ran = (instances[i] for ids in job_instances.values() for i in ids if i in instances)
+    costs = costs_by_job(ran, now)
+    job_usd = {j: costs.get(j, 0.0) for j in job_instances}
+    sweep_usd = {s: sweep_cost_usd(sweep_jobs[s], job_usd) for s in sweep_ids}
     day_usd = None
     if with_day:
         start = day_start(now)

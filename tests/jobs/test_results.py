@@ -55,7 +55,7 @@ def test_the_summary_picks_the_lowest_fvu_of_the_succeeded_jobs(store: Store) ->
     assert summary.best is not None and summary.best.job_id == jobs[1].job_id
     assert summary.states == {"SUCCEEDED": 2, "FAILED": 1}
     assert summary.schema_version == 1
-    assert summary.line().startswith("1 FAILED, 2 SUCCEEDED; best k16 (fvu 0.1)")
+    assert summary.line().startswith("1 FAILED, 2 SUCCEEDED; best sae.k=16 (fvu 0.1)")
 
 
 def test_a_summary_written_before_versioning_still_reads() -> None:

@@ -30,6 +30,8 @@ from jobs.ssh import (
     SSHTarget,
     connect,
     ensure_keypair,
+    ensure_private_key,
+    load_private_key,
 )
 from queue_app.processes import free_port
 from tests.jobs.conftest import LaunchLocal, TargetFor
@@ -301,6 +303,17 @@ def test_ensure_keypair_is_idempotent_and_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert public.startswith("ssh-ed25519 ") and public.endswith(" saefleet")
     assert ensure_keypair(tmp_path / "keys") == (path, public)
+
+
+def test_a_private_key_is_parsed_once_until_its_file_is_replaced(tmp_path: Path) -> None:
+    path = ensure_private_key(tmp_path / "keys")
+    first = load_private_key(path)
+    assert load_private_key(path) is first
+    other = ensure_private_key(tmp_path / "other-keys")
+    other.replace(path)
+    second = load_private_key(path)
+    assert second.get_base64() != first.get_base64()
+    assert ensure_keypair(tmp_path / "keys")[1].split()[1] == second.get_base64()
 
 
 def _public_key_line(keys_dir: str) -> str:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from ops.cli import app
 from ops.status_view import fleet_status, render
+from ops.views import grid_label, short_ids
 from queue_app.settings import Settings
 from queue_app.statemachine import JobState
 from queue_app.store import Store
@@ -74,14 +77,92 @@ def test_finished_sweeps_show_only_when_asked(store: Store, running_sweep: str) 
     assert fleet_status(store, sweep_id="swrun")["sweeps"][0]["finished"] is True
 
 
-def test_the_rich_view_renders_every_column(store: Store, running_sweep: str) -> None:
-    from rich.console import Console
+def rendered(status: dict[str, Any], width: int, wide: bool = False) -> list[str]:
+    console = Console(width=width, record=True)
+    console.print(render(status, wide))
+    return console.export_text().splitlines()
 
-    console = Console(width=200, record=True)
-    console.print(render(fleet_status(store, now=NOW)))
-    text = console.export_text()
-    for expected in ("swrun", "TRAINING", "20,000/100,000", "1,000", "80s", "$2.00 of $10.00"):
+
+def test_the_rich_view_renders_every_column_when_wide(store: Store, running_sweep: str) -> None:
+    text = "\n".join(rendered(fleet_status(store, now=NOW), width=200, wide=True))
+    for expected in ("swrun-0000", "TRAINING", "20,000/100,000", "1,000", "80s", "$2.00 of $10.00"):
         assert expected in text
+
+
+@pytest.fixture
+def six_job_sweep(store: Store) -> str:
+    """A sweep as an operator meets it: six jobs in six states, long instance ids, a failure."""
+    states = [JobState.TRAINING, JobState.TRAINING, JobState.SUCCEEDED]
+    states += [JobState.PROVISIONING, JobState.BOOTSTRAPPING, JobState.FAILED]
+    jobs = make_sweep(store, "swf46d4be", states, budget_usd=40.0, now=NOW)
+    for job, instance_id in zip(jobs, LONG_INSTANCE_IDS, strict=False):
+        add_instance(store, job, instance_id, price_per_hour=1.29, hours=0.4, now=NOW)
+    for job in jobs[:3]:
+        store.update_job(
+            job.job_id,
+            1,
+            progress={
+                "step": 1930,
+                "tokens": 7_905_280,
+                "total_tokens": 20_000_000,
+                "loss": 0.1842,
+                "l0": 31.7,
+                "tokens_per_s": 10_240.0,
+                "updated_at": NOW - 4,
+            },
+        )
+    store.update_job(jobs[5].job_id, 1, reason="verify_gpu: free VRAM 11.2 GB < 38 GB needed")
+    return "swf46d4be"
+
+
+LONG_INSTANCE_IDS = ["0920e1ab7c4d4f0e9b6a1c2d3e4f5a6b", "0920e1ab7c4d4f0e9b6a1c2d3e4f5a6c"]
+LONG_INSTANCE_IDS += ["local-3f9c2a1b", "local-77d01e5c", "local-c41a88e2", "local-5be2907d"]
+
+
+def test_an_80_column_terminal_shows_one_line_per_job(store: Store, six_job_sweep: str) -> None:
+    lines = rendered(fleet_status(store, now=NOW), width=80)
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    for index, state in enumerate(("TRAINING", "TRAINING", "SUCCEEDED", "PROVISIONING")):
+        [row] = [line for line in lines if line.startswith(f"{index:04d} ")]
+        assert state in row and f"k={8 * 2**index}" in row
+    assert sum("TRAINING" in line for line in lines) == 2
+    # the two instances that share a 30-character prefix are told apart in the fleet table
+    fleet = [line for line in lines if line.startswith("0920e1ab")]
+    assert len(fleet) == 2 and fleet[0].split()[0] != fleet[1].split()[0]
+    assert not any("verify_gpu" in line for line in lines)  # the reason is a wide column
+
+
+def test_wide_adds_the_other_columns_and_full_ids(
+    settings: Settings, store: Store, six_job_sweep: str
+) -> None:
+    narrow = CliRunner().invoke(app, ["status"], env={"COLUMNS": "80"})
+    wide = CliRunner().invoke(app, ["status", "--wide"], env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0 and wide.exit_code == 0, narrow.output + wide.output
+    for extra in ("tok/s", "tokens", "instance", "provider", "capacity", "reason"):
+        assert extra not in narrow.output.split("\n")[1]  # the jobs table's header
+    text = wide.output
+    for expected in ("tok/s", "7,905,280/20,000,000", "10,240", "on_demand", "swf46d4be-0005"):
+        assert expected in text
+    assert "verify_gpu: free VRAM 11.2 GB < 38 GB needed" in text  # never cut to the terminal
+    assert "0920e1ab7c4d4f0e9b6a1c2d3e4f5a6b" in text
+
+
+def test_short_ids_are_unique_within_what_is_shown() -> None:
+    ids = ["local-3f9c2a1b", "local-3f9c2a1c", "0920e1ab7c4d4f0e", "local-77d01e5c", "ab"]
+    short = short_ids(ids, min_len=10)
+    assert short == {
+        "local-3f9c2a1b": "local-3f9c2a1b",
+        "local-3f9c2a1c": "local-3f9c2a1c",
+        "0920e1ab7c4d4f0e": "0920e1ab7c",
+        "local-77d01e5c": "local-77d0",
+        "ab": "ab",
+    }
+
+
+def test_a_grid_label_keeps_what_tells_jobs_apart() -> None:
+    assert grid_label({"sae.k": 16, "train.lr": 0.0001}, "x") == "k=16,lr=0.0001"
+    assert grid_label({"sae.k": 16, "early_stop.k": 2}, "x") == "sae.k=16,early_stop.k=2"
+    assert grid_label({}, "single-job") == "single-job"
 
 
 def test_status_json_command(settings: Settings, store: Store, running_sweep: str) -> None:

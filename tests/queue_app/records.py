@@ -33,14 +33,15 @@ def make_sweep(
     budget_usd: float | None = 10.0,
     now: float | None = None,
 ) -> list[JobRecord]:
-    """A sweep with one job per state (k = 8, 16, ...), created an hour before `now`."""
+    """A sweep with one job per state (grid `sae.k` = 8, 16, ..., named as submission names
+    them), created an hour before `now`."""
     now = time.time() if now is None else now
     jobs = [
         JobRecord(
             job_id=f"{sweep_id}-{i:04d}",
             sweep_id=sweep_id,
             index=i,
-            name=f"k{8 * 2**i}",
+            name=f"sae.k={8 * 2**i}",
             state=state,
             attempt=1,
             spec=stored_spec(k=8 * 2**i),
