@@ -21,6 +21,8 @@ from typing import Any
 import yaml
 
 from jobs.providers.local import LocalProvider
+from queue_app.celery_app import CONTROL_WORKER_QUEUES
+from queue_app.celery_commands import beat_argv, celery_argv, worker_argv
 from queue_app.processes import stop_process
 from queue_app.settings import Settings
 from queue_app.state import Store, SweepRecord, connect
@@ -123,27 +125,15 @@ class ControlPlane:
     def start_control(self, concurrency: int = 3, app: str = "queue_app.celery_app") -> None:
         """The control worker; `app` names the module with the Celery app it runs (a test may
         wrap the real one, e.g. to inject provider faults)."""
-        self._spawn(
-            "control",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                app,
-                "worker",
-                "-Q",
-                "control,watchdog",
-                "-c",
-                str(concurrency),
-                "-n",
-                f"control-{os.getpid()}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "--loglevel",
-                "INFO",
-            ],
+        argv = worker_argv(
+            CONTROL_WORKER_QUEUES,
+            node=f"control-{os.getpid()}@%h",
+            concurrency=concurrency,
+            log_level="INFO",
+            app=app,
+            events=False,
         )
+        self._spawn("control", argv)
         self.wait_for_worker("control-")
 
     def start_tunnels(self) -> None:
@@ -151,20 +141,10 @@ class ControlPlane:
 
     def start_beat(self, interval_s: float = 2.0, name: str = "beat") -> None:
         """Celery beat sending watchdog ticks; another `name` starts one more beat beside it."""
+        schedule = str(self.home / f"celery{name}-schedule")
         self._spawn(
             name,
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "watchdog.schedule",
-                "beat",
-                "-s",
-                str(self.home / f"celery{name}-schedule"),
-                "--loglevel",
-                "INFO",
-            ],
+            beat_argv(schedule, "INFO"),
             env={"SAEFLEET_WATCHDOG_INTERVAL_S": str(interval_s)},
         )
 
@@ -191,7 +171,7 @@ class ControlPlane:
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run the saefleet CLI (or `inspect-ping`) with the test's environment."""
         if args and args[0] == "inspect-ping":
-            argv = [sys.executable, "-m", "celery", "-A", "queue_app.celery_app", "inspect", "ping"]
+            argv = celery_argv("inspect", "ping")
         else:
             argv = [sys.executable, "-m", "ops.cli", *args]
         return subprocess.run(
