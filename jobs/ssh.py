@@ -42,6 +42,8 @@ import tenacity
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
+from sae.atomic_files import atomic_writer, fsync_dir
+
 log = logging.getLogger(__name__)
 
 PRIVATE_KEY_MODE = 0o600
@@ -223,20 +225,9 @@ class SSHSession:
         self._upload(io.BytesIO(data), remote, mode)
 
     def get(self, remote: str, local: Path) -> None:
-        """Download a file; `local` is replaced complete (temp file, fsync, os.replace)."""
-        local.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as destination:
-                self._download(remote, destination)
-                destination.flush()
-                os.fsync(destination.fileno())
-            os.replace(tmp, local)
-        except BaseException:
-            with suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(local.parent)
+        """Download a file; `local` (mode 0600) is replaced complete or not at all."""
+        with atomic_writer(local, mode=0o600) as destination:
+            self._download(remote, destination)
 
     def get_dir(self, remote_dir: str, local_dir: Path) -> None:
         """Copy a remote tree (regular files and directories; links are skipped) into a
@@ -258,7 +249,7 @@ class SSHSession:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        _fsync_dir(local_dir.parent)
+        fsync_dir(local_dir.parent)
 
     def makedirs(self, remote: str) -> None:
         """`mkdir -p` over SFTP."""
@@ -395,14 +386,6 @@ def _collect_output(channel: paramiko.Channel, timeout: float, where: str) -> tu
         else:
             stdout_closed = True
     return bytes(stdout), bytes(stderr)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---- connecting ---------------------------------------------------------------------------

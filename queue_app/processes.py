@@ -13,6 +13,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from sae.atomic_files import write_atomic
+
 
 class ProcessError(RuntimeError):
     pass
@@ -77,10 +79,7 @@ def read_pidfile(path: Path, expect_in_cmdline: str | None = None) -> int | None
 
 
 def write_pidfile(path: Path, pid: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(f"{pid}\n")
-    os.replace(tmp, path)
+    write_atomic(path, f"{pid}\n")
 
 
 def stop_process(pid: int, timeout_s: float = 15.0, group: bool = True) -> bool:

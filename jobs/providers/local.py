@@ -53,6 +53,7 @@ from jobs.providers.errors import (
 from jobs.ssh import SSHError, ensure_keypair
 from queue_app.processes import ProcessError, cmdline, free_port, pid_alive, spawn_detached
 from queue_app.processes import sshd_binary as find_sshd
+from sae.atomic_files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -194,10 +195,7 @@ class LocalProvider:
                 yield self._load(entry.name)
 
     def _save(self, record: _InstanceRecord) -> None:
-        path = self._dir(record.id) / "instance.json"
-        tmp = path.with_name(f".instance.json.{secrets.token_hex(4)}")
-        tmp.write_text(record.model_dump_json(indent=2))
-        os.replace(tmp, path)
+        write_atomic(self._dir(record.id) / "instance.json", record.model_dump_json(indent=2))
 
     # ---- lifecycle ------------------------------------------------------------------------
 
