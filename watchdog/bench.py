@@ -25,6 +25,7 @@ from rich.table import Table
 
 from jobs.providers import instance_name
 from jobs.spec import JobConfig
+from jobs.tiny_sweep import tiny_job
 from queue_app.processes import free_port, stop_process
 from queue_app.redis_server import start_redis
 from queue_app.settings import Settings
@@ -58,15 +59,7 @@ _PATH = (
     JobState.TRAINING,
 )
 _CONFIG = JobConfig.model_validate(
-    {
-        "model": "tiny-lm",
-        "layer": 1,
-        "dataset": "corpus.jsonl",
-        "sae": {"n_latents": 256, "k": 8},
-        "train": {"total_tokens": 1_000_000, "batch_tokens": 512},
-        "max_cost_usd": 1000.0,
-        "gpu": {"require_gpu": False},
-    }
+    tiny_job("tiny-lm", "corpus.jsonl", **{"train.total_tokens": 1_000_000, "max_cost_usd": 1000.0})
 ).model_dump(mode="json", exclude_unset=True)
 
 

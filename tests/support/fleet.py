@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from jobs.providers.local import LocalProvider
+from jobs.tiny_sweep import tiny_sweep
 from queue_app.celery_app import CONTROL_WORKER_QUEUES
 from queue_app.celery_commands import beat_argv, celery_argv, worker_argv
 from queue_app.processes import stop_process
@@ -28,35 +29,6 @@ from queue_app.settings import Settings
 from queue_app.state import Store, SweepRecord, connect
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def tiny_job(assets: dict[str, Path], **overrides: Any) -> dict[str, Any]:
-    """A base job that trains in seconds on the tiny LM (CPU)."""
-    job: dict[str, Any] = {
-        "model": str(assets["model"]),
-        "layer": 1,
-        "dataset": str(assets["corpus"]),
-        "context_len": 64,
-        "sae": {"n_latents": 256, "k": 8, "aux_k": 32},
-        "train": {
-            "total_tokens": 16_384,
-            "batch_tokens": 512,
-            "lr": 1e-3,
-            "warmup_steps": 4,
-            "dtype": "fp32",
-        },
-        "early_stop": {"enabled": False, "val_tokens": 1024},
-        "evals": {"holdout_tokens": 2048},
-        "segment_minutes": 0.05,
-        "gpu": {"require_gpu": False},
-    }
-    for path, value in overrides.items():
-        node = job
-        *parents, leaf = path.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return job
 
 
 def write_sweep(
@@ -67,12 +39,10 @@ def write_sweep(
     provider: dict[str, Any] | None = None,
     **job_overrides: Any,
 ) -> Path:
-    spec = {
-        "name": name,
-        "provider": provider or {"name": "local"},
-        "job": tiny_job(assets, **job_overrides),
-        "grid": grid or {},
-    }
+    """The tiny sweep on the test assets, as a sweep file."""
+    spec = tiny_sweep(
+        assets["model"], assets["corpus"], name=name, provider=provider, grid=grid, **job_overrides
+    )
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path

@@ -15,6 +15,7 @@ import pytest
 
 from jobs.providers import instance_name
 from jobs.spec import ProviderSpec
+from jobs.tiny_sweep import tiny_job
 from queue_app.settings import Settings
 from queue_app.state import (
     InstanceRecord,
@@ -24,13 +25,11 @@ from queue_app.state import (
     Store,
     SweepRecord,
 )
-from tests.support.fleet import tiny_job
 from watchdog.context import TickContext
 from watchdog.fakes import FakeProvider
 from watchdog.probe import ProbeResult
 
 S = JobState
-ASSETS = {"model": Path("tiny-lm"), "corpus": Path("corpus.jsonl")}
 PATH_TO: dict[JobState, list[JobState]] = {
     S.PROVISIONING: [S.PROVISIONING],
     S.BOOTING: [S.PROVISIONING, S.BOOTING],
@@ -96,7 +95,7 @@ class World:
         self._jobs += 1
         sweep_id, job_id = f"sw{self._jobs}", f"sw{self._jobs}-0000"
         now = time.time()
-        config = tiny_job(ASSETS, **job)
+        config = tiny_job("tiny-lm", "corpus.jsonl", **job)
         self.store.create_sweep(
             SweepRecord(
                 sweep_id=sweep_id,
