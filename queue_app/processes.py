@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from sae.atomic_files import write_atomic
@@ -50,11 +50,16 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    return process_state(pid) != "Z"
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter in /proc/PID/stat (R, S, T stopped, Z zombie...); None if unreadable."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
     except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+        return None
+    return fields[0] if fields else None
 
 
 def cmdline(pid: int) -> str:
@@ -103,15 +108,19 @@ def stop_process(pid: int, timeout_s: float = 15.0, group: bool = True) -> bool:
     return wait_gone(pid, 5.0)
 
 
-def wait_gone(pid: int, timeout_s: float) -> bool:
+def wait_gone(pids: int | Collection[int], timeout_s: float) -> bool:
+    """Wait up to `timeout_s` until the process (or every one of the processes) has exited;
+    True when all are gone."""
+    group = {pids} if isinstance(pids, int) else set(pids)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reap our own children
-        if not pid_alive(pid):
+        for pid in group:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # reap our own children
+        if not any(pid_alive(pid) for pid in group):
             return True
-        time.sleep(0.05)
-    return not pid_alive(pid)
+        time.sleep(0.02)
+    return not any(pid_alive(pid) for pid in group)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
