@@ -8,7 +8,8 @@ from pathlib import Path
 
 from jobs.providers import InstanceStatus, NotFound, Provider, get_provider
 from jobs.spec import ProviderSpec
-from jobs.ssh import SSHSession, SSHTarget, connect, ensure_keypair
+from jobs.ssh import SSHSession, SSHTarget
+from jobs.ssh_connect import connect, ensure_keypair
 from queue_app.settings import Settings
 from queue_app.state import InstanceRecord, InstanceState, JobRecord, Store
 

@@ -26,7 +26,7 @@ from jobs.providers.base import LaunchRequest, Provider
 from jobs.providers.errors import AuthError, NotFound, ProviderError
 from jobs.providers.lambda_cloud import SSHKey, from_settings, same_public_key
 from jobs.spec import SweepSpec
-from jobs.ssh import ensure_keypair
+from jobs.ssh_connect import ensure_keypair
 
 if TYPE_CHECKING:
     from queue_app.settings import Settings

@@ -50,7 +50,8 @@ from jobs.providers.errors import (
     ProviderError,
 )
 from jobs.providers.local_sshd import HOST, sshd_runs, start_sshd, stop_instance_processes
-from jobs.ssh import SSHError, ensure_keypair
+from jobs.ssh import SSHError
+from jobs.ssh_connect import ensure_keypair
 from queue_app.processes import ProcessError
 from sae.atomic_files import write_atomic
 

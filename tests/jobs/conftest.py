@@ -12,7 +12,8 @@ import pytest
 
 from jobs.providers.base import Capacity, Instance, InstanceStatus, LaunchRequest
 from jobs.providers.local import INSTANCE_TYPE, REGION, LocalProvider
-from jobs.ssh import SSHSession, SSHTarget, connect, ensure_keypair
+from jobs.ssh import SSHSession, SSHTarget
+from jobs.ssh_connect import connect, ensure_keypair
 from queue_app.settings import Settings
 from tests.support.servers import require_sshd
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from jobs.providers import InstanceStatus, LaunchRequest
 from jobs.providers.local import INSTANCE_TYPE, REGION, LocalProvider
-from jobs.ssh import ensure_keypair
+from jobs.ssh_connect import ensure_keypair
 from ops.cli import app
 from queue_app.admission import drain_state
 from queue_app.celery_app import CONTROL_WORKER_QUEUES
