@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from jobs.preflight import PreflightReport, run_preflight
-from jobs.providers.lambda_cloud import LambdaCloud, RetryPolicy
+from jobs.providers.lambda_api import RetryPolicy
+from jobs.providers.lambda_cloud import LambdaCloud
 from jobs.providers.pacing import Pacer, Rate
 from jobs.spec import SweepSpec
 from jobs.ssh_connect import ensure_keypair
