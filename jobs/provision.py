@@ -8,7 +8,7 @@ import time
 from typing import NoReturn
 
 from jobs.instances import fleet_keypair, job_provider_spec
-from jobs.planner import Candidate, plan_launch
+from jobs.placement import Candidate, plan_launch
 from jobs.providers import (
     CapacityError,
     Instance,

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from jobs.planner import plan_launch
+from jobs.placement import plan_launch
 from jobs.providers import (
     AuthError,
     CapacityError,
