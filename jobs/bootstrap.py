@@ -19,6 +19,7 @@ from jobs.ssh import SSHSession
 from jobs.stage_base import StageContext, stage
 from jobs.tunnels import tunnel_broker_url
 from queue_app.celery_app import app, train_queue
+from queue_app.celery_commands import worker_argv
 from queue_app.records import InstanceRecord
 from queue_app.statemachine import JobState
 
@@ -154,25 +155,13 @@ def _start_script(
             "fi\n"
         )
     exports = " ".join(f"{k}={q(v)}" for k, v in env.items())
-    worker = [
-        worker_python(instance, ctx.settings),
-        "-m",
-        "celery",
-        "-A",
-        "queue_app.celery_app",
-        "worker",
-        "-Q",
-        train_queue(instance.instance_id),
-        "-c",
-        "1",
-        "-n",
-        hostname,
-        "-E",
-        "--without-gossip",
-        "--without-mingle",
-        "--loglevel",
-        ctx.settings.log_level,
-    ]
+    worker = worker_argv(
+        [train_queue(instance.instance_id)],
+        node=hostname,
+        concurrency=1,
+        log_level=ctx.settings.log_level,
+        python=worker_python(instance, ctx.settings),
+    )
     return (
         "#!/bin/sh\n# Written by saefleet's bootstrap: installs and runs the GPU-side worker.\n"
         f"set -eu\ncd {q(layout.workdir)}\n{install}"

@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 
 from jobs.providers import InstanceStatus, NotFound, Provider, get_provider
-from jobs.ssh import SSHSession, SSHTarget, connect, ensure_keypair, ensure_private_key
+from jobs.ssh import SSHSession, SSHTarget
+from jobs.ssh_connect import connect, ensure_keypair, ensure_private_key
 from queue_app.jobspec import ProviderSpec
 from queue_app.records import InstanceRecord
 from queue_app.settings import Settings

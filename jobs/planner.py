@@ -1,25 +1,22 @@
-"""Where a job runs and what a sweep will cost.
+"""What a sweep will cost, before it runs.
 
-- `plan_launch` (the provision stage): every (type, region, capacity) a job's next attempt may
-  launch on, cheapest first across types and regions: the capacity failover order.
-- `plan_sweep` (`saefleet plan`, `sweep submit`): for a sweep file, the instance types that fit,
-  their price and regions, the estimated hours and dollars per job and for the whole sweep,
-  the pick `submit` would make, and where the prices came from (live, the dated built-in
-  catalog with a stale warning, or the local provider's `price_per_hour`).
-
-Spot: a job asking for spot (or `auto`) gets on-demand where the provider offers no spot price
-(Lambda offers none); the plan says so.
+`plan_sweep` (`saefleet plan`, `sweep submit`): for a sweep file, the instance types that fit,
+their price and regions, the estimated hours and dollars per job and for the whole sweep, the
+pick `submit` would make (the first launch candidate, jobs.placement), and where the prices came
+from (live, the dated built-in catalog with a stale warning, or the local provider's
+`price_per_hour`). Where the provider offers no spot price, the plan says jobs run on-demand.
 """
 
 from __future__ import annotations
 
 from datetime import date
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from jobs.catalog import CATALOGS
 from jobs.errors import JobsError
+from jobs.placement import Candidate, allowed_types, candidates, capacity_for, usable
 from jobs.providers.base import Capacity, InstanceType, Provider
 from jobs.providers.errors import ProviderError
 from jobs.providers.local import INSTANCE_TYPE as LOCAL_TYPE
@@ -42,97 +39,6 @@ class PlanError(JobsError):
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True)
-
-
-class Candidate(_Frozen):
-    """One place a job could launch, with the price it would pay there."""
-
-    instance_type: str
-    region: str
-    capacity: Capacity
-    price_per_hour: float
-    gpu_memory_gb: float
-
-
-@runtime_checkable
-class FileSystemRegions(Protocol):
-    """A provider whose persistent filesystems live in one region each."""
-
-    def file_system_region(self, name: str) -> str: ...
-
-
-def capacity_for(config: JobConfig, preemptions: int, spot_offered: bool) -> Capacity:
-    """The capacity an attempt asks for, given the job's policy and preemptions so far."""
-    if config.capacity == "on_demand" or not spot_offered:
-        return "on_demand"
-    if config.capacity == "auto" and preemptions >= config.max_preemptions:
-        return "on_demand"
-    return "spot"
-
-
-def fits(config: JobConfig, itype: InstanceType) -> bool:
-    """The type has the GPUs and GPU memory the job needs (anything fits a CPU-only job)."""
-    if not config.gpu.require_gpu:
-        return True
-    return itype.gpu_count >= config.gpu.count and itype.gpu_memory_gb >= config.gpu.min_vram_gb
-
-
-def candidates(
-    config: JobConfig,
-    provider_spec: ProviderSpec,
-    types: list[InstanceType],
-    capacity: Capacity,
-) -> list[Candidate]:
-    """Every (type, region) that fits the job and has capacity now, cheapest first."""
-    out = []
-    for itype in _allowed(config, provider_spec, types):
-        price = itype.price_per_hour
-        if capacity == "spot":
-            if itype.spot_price_per_hour is None:
-                continue
-            price = itype.spot_price_per_hour
-        for region in itype.regions:
-            if provider_spec.regions and region not in provider_spec.regions:
-                continue
-            out.append(
-                Candidate(
-                    instance_type=itype.name,
-                    region=region,
-                    capacity=capacity,
-                    price_per_hour=price,
-                    gpu_memory_gb=itype.gpu_memory_gb,
-                )
-            )
-    return sorted(out, key=lambda c: (c.price_per_hour, c.instance_type, c.region))
-
-
-def plan_launch(
-    config: JobConfig, provider_spec: ProviderSpec, provider: Provider, preemptions: int
-) -> list[Candidate]:
-    """Candidates for the next attempt of a job on `provider`, in failover order. With a
-    persistent filesystem, only its region qualifies."""
-    types = provider.instance_types()
-    spot_offered = any(t.spot_price_per_hour is not None for t in types)
-    capacity = capacity_for(config, preemptions, spot_offered)
-    found = candidates(config, provider_spec, types, capacity)
-    if provider_spec.file_system and isinstance(provider, FileSystemRegions):
-        region = provider.file_system_region(provider_spec.file_system)
-        found = [c for c in found if c.region == region]
-    return found
-
-
-def _allowed(
-    config: JobConfig, provider_spec: ProviderSpec, types: list[InstanceType]
-) -> list[InstanceType]:
-    return [t for t in types if _usable(config, provider_spec, t)]
-
-
-def _usable(config: JobConfig, provider_spec: ProviderSpec, itype: InstanceType) -> bool:
-    """The spec allows the type and the job fits it. The local provider's one type runs
-    whatever it is given: `verify_gpu` decides there whether a GPU-bound job can run."""
-    if provider_spec.instance_types and itype.name not in provider_spec.instance_types:
-        return False
-    return itype.name == LOCAL_TYPE or fits(config, itype)
 
 
 # ---- sweep plans -------------------------------------------------------------------------------
@@ -312,7 +218,9 @@ def _job_estimate(
         region: str | None = found[0].region
         price = found[0].price_per_hour
     else:  # nothing has capacity now: price the cheapest type that fits
-        fitting = sorted(_allowed(config, provider_spec, types), key=lambda t: t.price_per_hour)
+        fitting = sorted(
+            allowed_types(config, provider_spec, types), key=lambda t: t.price_per_hour
+        )
         if not fitting:
             return JobEstimate(
                 index=job.index,
@@ -348,7 +256,7 @@ def _type_rows(
 ) -> list[TypeEstimate]:
     rows = []
     for itype in sorted(types, key=lambda t: (t.price_per_hour, t.name)):
-        if not all(_usable(j.config, provider_spec, itype) for j in jobs):
+        if not all(usable(j.config, provider_spec, itype) for j in jobs):
             continue
         hours = [_hours(j.config, _throughput(j.config, itype), setup) for j in jobs]
         known = None not in hours
@@ -387,7 +295,7 @@ def _job_warnings(
         too_deep = sorted({j.config.layer for j in jobs if j.config.layer >= shape.n_layers})
         if too_deep:
             warnings.append(f"{model} has {shape.n_layers} layers; layer {too_deep} is beyond it")
-    if not any(_allowed(j.config, provider_spec, types) for j in jobs):
+    if not any(allowed_types(j.config, provider_spec, types) for j in jobs):
         need = jobs[0].config.gpu
         warnings.append(
             f"no {provider_spec.name} instance type fits: jobs need {need.count} GPU(s) with "

@@ -24,9 +24,10 @@ from pydantic import BaseModel, ConfigDict
 
 from jobs.providers.base import LaunchRequest, Provider
 from jobs.providers.errors import AuthError, NotFound, ProviderError
-from jobs.providers.lambda_cloud import SSHKey, from_settings, same_public_key
+from jobs.providers.lambda_cloud import from_settings
+from jobs.providers.lambda_wire import SSHKey, same_public_key
 from jobs.spec import SweepSpec
-from jobs.ssh import ensure_keypair
+from jobs.ssh_connect import ensure_keypair
 
 if TYPE_CHECKING:
     from queue_app.settings import Settings

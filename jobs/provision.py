@@ -9,7 +9,7 @@ from typing import NoReturn
 
 from jobs.errors import InstanceLost, StageFailed
 from jobs.instances import fleet_keypair
-from jobs.planner import Candidate, plan_launch
+from jobs.placement import Candidate, plan_launch
 from jobs.providers import (
     CapacityError,
     Instance,

@@ -74,7 +74,7 @@ class SweepSpec(SpecModel):
             overrides = dict(zip(paths, values, strict=True))
             raw = copy.deepcopy(self.job)
             for path, value in overrides.items():
-                _set_path(raw, path, value)
+                set_path(raw, path, value)
             config = _validate(JobConfig, raw, "job", overrides)
             name = ",".join(f"{p}={v}" for p, v in overrides.items()) or self.name
             jobs.append(
@@ -89,7 +89,8 @@ class SweepSpec(SpecModel):
         return jobs
 
 
-def _set_path(raw: dict[str, Any], path: str, value: Any) -> None:
+def set_path(raw: dict[str, Any], path: str, value: Any) -> None:
+    """Set the dotted `path` ("sae.k") in a raw job to `value`, making sections on the way."""
     parts = path.split(".")
     node = raw
     for part in parts[:-1]:

@@ -17,7 +17,7 @@ from jobs.errors import StageFailed
 from jobs.instances import open_ssh
 from jobs.remote import layout_for
 from jobs.stage_base import StageContext, stage
-from queue_app.celery_app import TRAIN_SEGMENT_TASK, app
+from queue_app.celery_app import TRAIN_SEGMENT_TASK, app, segment_task_id
 from queue_app.records import AttemptRecord, InstanceRecord
 from queue_app.statemachine import JobState, SegmentStatus
 
@@ -71,7 +71,7 @@ def _send_segment(ctx: StageContext, instance: InstanceRecord, segment: int) -> 
             "segment": segment,
             "instance_id": instance.instance_id,
         },
-        task_id=f"seg-{job_id}-a{attempt}-{segment}",
+        task_id=segment_task_id(job_id, attempt, segment),
     )
     log.info("sent training segment %d to %s", segment, instance.instance_id)
 

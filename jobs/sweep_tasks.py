@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from queue_app.connection import get_store
 from queue_app.logs import log_context
 from queue_app.notify import Event, notify
 from queue_app.settings import get_settings
+from sae.atomic_files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def finalize_sweep(task: Task, results: list[dict[str, Any]], sweep_id: str) -> 
         out_dir = settings.sweep_dir(sweep_id)
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "summary.json"
-        _write_atomic(path, json.dumps(summary.model_dump(mode="json"), indent=2, sort_keys=True))
+        write_atomic(path, json.dumps(summary.model_dump(mode="json"), indent=2, sort_keys=True))
         plot_frontier(jobs, out_dir / "fvu_vs_l0.png")
         runs = store.finish_sweep(sweep_id, str(path))
         log.info("sweep finalized (run %d): %s", runs, summary.line())
@@ -54,12 +54,3 @@ def plot_frontier(results: list[JobResult], path: Path) -> None:
         from sae.plots import plot_frontier as draw  # matplotlib only, no torch
 
         draw(points, path)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import redis
 
+from queue_app.celery_commands import BEAT_MARKER, WORKER_MARKER, beat_argv, worker_argv
 from queue_app.processes import (
     ProcessError,
     port_open,
@@ -41,48 +42,20 @@ class Service:
 
 
 def celery_services(settings: Settings) -> list[Service]:
-    py = sys.executable
-    level = settings.log_level
+    from queue_app.celery_app import CONTROL_WORKER_QUEUES
+
+    control = worker_argv(
+        CONTROL_WORKER_QUEUES,
+        node="control@%h",
+        concurrency=settings.control_concurrency,
+        log_level=settings.log_level,
+        mingle=True,
+    )
+    beat = beat_argv(str(settings.run_dir / "celerybeat-schedule"), settings.log_level)
     return [
-        Service(
-            "control",
-            [
-                py,
-                "-m",
-                "celery",
-                "-A",
-                "queue_app.celery_app",
-                "worker",
-                "-Q",
-                "control,watchdog",
-                "-n",
-                "control@%h",
-                "-c",
-                str(settings.control_concurrency),
-                "-E",
-                "--without-gossip",
-                "--loglevel",
-                level,
-            ],
-            marker="queue_app.celery_app worker",
-        ),
-        Service(
-            "beat",
-            [
-                py,
-                "-m",
-                "celery",
-                "-A",
-                "watchdog.schedule",
-                "beat",
-                "-s",
-                str(settings.run_dir / "celerybeat-schedule"),
-                "--loglevel",
-                level,
-            ],
-            marker="watchdog.schedule beat",
-        ),
-        Service("tunnels", [py, "-m", "jobs.tunnels"], marker="jobs.tunnels"),
+        Service("control", control, marker=WORKER_MARKER),
+        Service("beat", beat, marker=BEAT_MARKER),
+        Service("tunnels", [sys.executable, "-m", "jobs.tunnels"], marker="jobs.tunnels"),
     ]
 
 

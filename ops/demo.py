@@ -21,6 +21,7 @@ from rich.table import Table
 from jobs.job_cost import job_cost_usd
 from jobs.spec import load_sweep_file
 from jobs.submission import submit_sweep
+from jobs.tiny_sweep import tiny_sweep
 from ops import controlplane
 from ops.follow import SweepTimeout, follow_sweep
 from ops.views import grid_label, job_suffix
@@ -30,6 +31,18 @@ from queue_app.statemachine import JobState
 from queue_app.store import Store
 
 K_VALUES = (8, 16, 32, 64)
+DEMO_SIZE: dict[str, Any] = {
+    "layer": 2,
+    "sae.n_latents": 512,  # 8 x the tiny LM's width
+    "sae.aux_k": 64,
+    "train.total_tokens": 65_536,
+    "train.batch_tokens": 1024,
+    "train.warmup_steps": 8,
+    "early_stop.val_tokens": 2048,
+    "evals.holdout_tokens": 8192,
+    "segment_minutes": 0.25,
+}
+"""Where the demo's jobs differ from the tiny sweep's (dotted paths)."""
 TIMEOUT_S = 30 * 60
 
 
@@ -82,29 +95,15 @@ def prepare_assets(settings: Settings, n_jobs: int) -> Path:
 
 
 def demo_sweep(model: Path, corpus: Path, n_jobs: int) -> dict[str, Any]:
-    return {
-        "name": "demo-k-sweep",
-        "provider": {"name": "local", "price_per_hour": 0.0},
-        "job": {
-            "model": str(model),
-            "layer": 2,
-            "dataset": str(corpus),
-            "context_len": 64,
-            "sae": {"kind": "topk", "expansion_factor": 8, "aux_k": 64},
-            "train": {
-                "total_tokens": 65_536,
-                "batch_tokens": 1024,
-                "lr": 1e-3,
-                "warmup_steps": 8,
-                "dtype": "fp32",
-            },
-            "early_stop": {"enabled": False, "val_tokens": 2048},
-            "evals": {"holdout_tokens": 8192},
-            "segment_minutes": 0.25,
-            "gpu": {"require_gpu": False},
-        },
-        "grid": {"sae.k": list(K_VALUES[: max(1, min(n_jobs, len(K_VALUES)))])},
-    }
+    """The tiny sweep over k, sized up so that the metrics are worth a look."""
+    return tiny_sweep(
+        model,
+        corpus,
+        name="demo-k-sweep",
+        provider={"name": "local", "price_per_hour": 0.0},
+        grid={"sae.k": list(K_VALUES[: max(1, min(n_jobs, len(K_VALUES)))])},
+        **DEMO_SIZE,
+    )
 
 
 def _sae_cli(*args: str) -> None:

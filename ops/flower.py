@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -20,6 +19,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from queue_app.celery_commands import celery_argv
 from queue_app.settings import Settings, get_settings, read_or_create_secret
 
 LOOPBACK_NAMES = frozenset({"localhost"})
@@ -85,16 +85,7 @@ def check_bind(address: str, auth: bool) -> None:
 
 
 def flower_argv(settings: Settings, address: str, port: int, persistent: bool) -> list[str]:
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "queue_app.celery_app",
-        "flower",
-        f"--address={address}",
-        f"--port={port}",
-    ]
+    argv = celery_argv("flower", f"--address={address}", f"--port={port}")
     if persistent:
         argv += [
             "--persistent=True",

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 from typing import Annotated
 
 import typer
 
+from queue_app.celery_commands import WORKER_MARKER, worker_argv
 from queue_app.processes import cmdline, read_pidfile
 from queue_app.settings import Settings, get_settings
 
@@ -30,26 +30,8 @@ def service_argv(settings: Settings, name: str, gpu_queue: str | None) -> tuple[
     if name == GPU_WORKER:
         if not gpu_queue:
             raise typer.BadParameter("gpu-worker needs --queue (or SAEFLEET_GPU_QUEUE)")
-        argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "queue_app.celery_app",
-            "worker",
-            "-Q",
-            gpu_queue,
-            "-c",
-            "1",
-            "-n",
-            "gpu@%h",
-            "-E",
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel",
-            settings.log_level,
-        ]
-        return argv, "queue_app.celery_app worker"
+        argv = worker_argv([gpu_queue], node="gpu@%h", concurrency=1, log_level=settings.log_level)
+        return argv, WORKER_MARKER
     for service in celery_services(settings):
         if service.name == name:
             return service.argv, service.marker

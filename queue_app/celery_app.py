@@ -25,6 +25,8 @@ from queue_app.settings import Settings, get_settings
 CONTROL_QUEUE = "control"
 WATCHDOG_QUEUE = "watchdog"
 TRAIN_QUEUE_PREFIX = "train."
+CONTROL_WORKER_QUEUES = (CONTROL_QUEUE, WATCHDOG_QUEUE)
+"""What the control worker consumes: every queue but the instances' training queues."""
 TRAIN_SEGMENT_TASK = "saefleet.train_segment"
 
 # Task-name prefix -> queue. Training goes to the queue of the instance that runs it.
@@ -44,6 +46,12 @@ GPU_MODULES = ["jobs.training_task"]
 def train_queue(instance_id: str) -> str:
     """The queue that the GPU-side worker on `instance_id` consumes."""
     return f"{TRAIN_QUEUE_PREFIX}{instance_id}"
+
+
+def segment_task_id(job_id: str, attempt: int, segment: int) -> str:
+    """The task id of a training segment: `supervise_training` sends it under this id and the
+    watchdog revokes it by this id."""
+    return f"seg-{job_id}-a{attempt}-{segment}"
 
 
 def route_task(

@@ -10,10 +10,11 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from queue_app.errors import QueueError
+from sae.atomic_files import write_atomic
 
 
 class ProcessError(QueueError):
@@ -50,11 +51,16 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    return process_state(pid) != "Z"
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter in /proc/PID/stat (R, S, T stopped, Z zombie...); None if unreadable."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
     except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+        return None
+    return fields[0] if fields else None
 
 
 def cmdline(pid: int) -> str:
@@ -79,10 +85,7 @@ def read_pidfile(path: Path, expect_in_cmdline: str | None = None) -> int | None
 
 
 def write_pidfile(path: Path, pid: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(f"{pid}\n")
-    os.replace(tmp, path)
+    write_atomic(path, f"{pid}\n")
 
 
 def stop_process(pid: int, timeout_s: float = 15.0, group: bool = True) -> bool:
@@ -106,15 +109,19 @@ def stop_process(pid: int, timeout_s: float = 15.0, group: bool = True) -> bool:
     return wait_gone(pid, 5.0)
 
 
-def wait_gone(pid: int, timeout_s: float) -> bool:
+def wait_gone(pids: int | Collection[int], timeout_s: float) -> bool:
+    """Wait up to `timeout_s` until the process (or every one of the processes) has exited;
+    True when all are gone."""
+    group = {pids} if isinstance(pids, int) else set(pids)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reap our own children
-        if not pid_alive(pid):
+        for pid in group:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # reap our own children
+        if not any(pid_alive(pid) for pid in group):
             return True
-        time.sleep(0.05)
-    return not pid_alive(pid)
+        time.sleep(0.02)
+    return not any(pid_alive(pid) for pid in group)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

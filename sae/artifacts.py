@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from safetensors.torch import load_file, save_file
 
+from sae.atomic_files import write_atomic
 from sae.config import RunConfig
 from sae.model import SparseAutoencoder
 from sae.plots import plot_training
@@ -89,11 +90,9 @@ def load_sae(sae_dir: Path) -> SparseAutoencoder:
 
 
 def update_metrics(sae_dir: Path, **sections: Any) -> dict[str, Any]:
-    """Merge `sections` into sae_dir/metrics.json (written in place via a temp file)."""
+    """Merge `sections` into sae_dir/metrics.json (replaced atomically)."""
     path = sae_dir / METRICS
     metrics = json.loads(path.read_text()) if path.exists() else {}
     metrics.update(sections)
-    temp = path.with_suffix(".json.tmp")
-    temp.write_text(json.dumps(metrics, indent=2))
-    os.replace(temp, path)
+    write_atomic(path, json.dumps(metrics, indent=2))
     return metrics

@@ -16,6 +16,8 @@ import os
 import shutil
 from pathlib import Path
 
+from sae.atomic_files import fsync_dir
+
 PREFIX = "step-"
 MANIFEST = "manifest.json"
 STATE = "state.pt"
@@ -43,14 +45,6 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_checkpoint(
     checkpoints_dir: Path, step: int, tokens: int, state: bytes, config_json: str
 ) -> Path:
@@ -73,9 +67,9 @@ def write_checkpoint(
     }
     manifest = {"format": FORMAT, "step": step, "tokens": tokens, "files": files}
     _write_synced(temp / MANIFEST, json.dumps(manifest, indent=2).encode())
-    _fsync_dir(temp)
+    fsync_dir(temp)
     os.replace(temp, final)
-    _fsync_dir(checkpoints_dir)
+    fsync_dir(checkpoints_dir)
     return final
 
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from sae.activations import ActivationStream, StreamState, activations_of, take_holdout
 from sae.artifacts import write_final
+from sae.atomic_files import write_atomic
 from sae.checkpoint import (
     STATE,
     latest_valid_checkpoint,
@@ -89,10 +90,7 @@ class _Reporter:
             return
         self.last_beat = now
         payload = {**self.snapshot, "time": time.time(), "pid": os.getpid()}
-        temp = self.heartbeat_path.with_name(f".{self.heartbeat_path.name}.tmp")
-        temp.parent.mkdir(parents=True, exist_ok=True)
-        temp.write_text(json.dumps(payload))
-        os.replace(temp, self.heartbeat_path)
+        write_atomic(self.heartbeat_path, json.dumps(payload), durable=False)
 
     def progress(self, snapshot: dict[str, Any], force: bool = False) -> None:
         self.snapshot = snapshot

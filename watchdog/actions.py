@@ -15,17 +15,13 @@ import logging
 
 from jobs.instances import request_termination
 from jobs.providers import Provider, ProviderError
+from queue_app.celery_app import segment_task_id
 from queue_app.errors import IllegalTransition, StaleAttempt
 from queue_app.statemachine import JobState
 from watchdog.context import TickContext
 from watchdog.fleet import Tracked
 
 log = logging.getLogger(__name__)
-
-
-def segment_task_id(job_id: str, attempt: int, segment: int) -> str:
-    """The task id `supervise_training` gives a training segment."""
-    return f"seg-{job_id}-a{attempt}-{segment}"
 
 
 def provider_of(ctx: TickContext, tracked: Tracked) -> Provider:

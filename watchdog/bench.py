@@ -28,6 +28,7 @@ from jobs.providers import instance_name
 from jobs.providers.fake import FakeProvider, ProviderLatency
 from jobs.ssh import CommandResult
 from jobs.ssh_fake import FakeSSH, SSHLatency
+from jobs.tiny_sweep import tiny_job
 from queue_app.connection import connect
 from queue_app.jobspec import JobConfig
 from queue_app.processes import free_port, stop_process
@@ -75,15 +76,7 @@ _PATH = (
     JobState.TRAINING,
 )
 _CONFIG = JobConfig.model_validate(
-    {
-        "model": "tiny-lm",
-        "layer": 1,
-        "dataset": "corpus.jsonl",
-        "sae": {"n_latents": 256, "k": 8},
-        "train": {"total_tokens": 1_000_000, "batch_tokens": 512},
-        "max_cost_usd": 1000.0,
-        "gpu": {"require_gpu": False},
-    }
+    tiny_job("tiny-lm", "corpus.jsonl", **{"train.total_tokens": 1_000_000, "max_cost_usd": 1000.0})
 ).model_dump(mode="json", exclude_unset=True)
 
 

@@ -18,7 +18,8 @@ from typing import Protocol
 
 from jobs.instances import ssh_target
 from jobs.remote import layout_for
-from jobs.ssh import CommandResult, SSHError, SSHTarget, connect
+from jobs.ssh import CommandResult, SSHError, SSHTarget
+from jobs.ssh_connect import connect
 from queue_app.records import InstanceRecord
 from queue_app.settings import Settings
 

@@ -7,10 +7,9 @@ The provider's truth lives on disk, never in Redis, so every process sees the sa
                          sshd_config, ssh_host_ed25519_key, authorized_keys, sshd.pid, sshd.log
                          home/            the instance's home and workdir (HOME in sessions)
 
-sshd hands every session `SAEFLEET_LOCAL_INSTANCE=<id>` (SetEnv); that marker survives
-`setsid nohup` and lets terminate/preempt find and stop what ran on the instance, together with
-the descendants of the instance's sshd. Sessions start in the user's own home directory
-(sshd's choice), so commands should use absolute paths or `cd "$HOME"`.
+terminate/preempt stop the instance's sshd and everything that ran in its sessions
+(jobs.providers.local_sshd starts the one and finds the others). Sessions start in the user's
+own home directory (sshd's choice), so commands should use absolute paths or `cd "$HOME"`.
 
 Statuses: booting (until boot_delay_s has passed), active, unhealthy (its sshd died without
 terminate/preempt), terminated, preempted. Spot instances die on their own schedule when
@@ -50,26 +49,21 @@ from jobs.providers.errors import (
     PermanentProviderError,
     ProviderError,
 )
-from jobs.ssh import SSHError, ensure_keypair
-from queue_app.processes import ProcessError, cmdline, free_port, pid_alive, spawn_detached
-from queue_app.processes import sshd_binary as find_sshd
+from jobs.providers.local_sshd import HOST, sshd_runs, start_sshd, stop_instance_processes
+from jobs.ssh import SSHError
+from jobs.ssh_connect import ensure_keypair
+from queue_app.processes import ProcessError
+from sae.atomic_files import write_atomic
 
 log = logging.getLogger(__name__)
 
 INSTANCE_TYPE = "local-cpu"
 REGION = "local"
-HOST = "127.0.0.1"
 SPOT_PRICE_FRACTION = 0.35
 """Spot price as a fraction of the on-demand price (typical cloud spot discounts: 60-70 %)."""
-INSTANCE_ENV_VAR = "SAEFLEET_LOCAL_INSTANCE"
-"""Set in every session of an instance; marks the processes that belong to it."""
 TERMINATE_GRACE_S = 5.0
 """terminate() sends SIGTERM, then SIGKILL to what is left after this long."""
-SSHD_START_TIMEOUT_S = 10.0
-SSHD_PRIVSEP_DIR = Path("/run/sshd")
 _INSTANCE_ID = re.compile(r"local-[0-9a-f]{8}")
-_PORT_ATTEMPTS = 5
-_KILL_ROUNDS = 20
 
 
 class _InstanceRecord(BaseModel):
@@ -194,10 +188,7 @@ class LocalProvider:
                 yield self._load(entry.name)
 
     def _save(self, record: _InstanceRecord) -> None:
-        path = self._dir(record.id) / "instance.json"
-        tmp = path.with_name(f".instance.json.{secrets.token_hex(4)}")
-        tmp.write_text(record.model_dump_json(indent=2))
-        os.replace(tmp, path)
+        write_atomic(self._dir(record.id) / "instance.json", record.model_dump_json(indent=2))
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -211,7 +202,7 @@ class LocalProvider:
         authorized_keys.write_text(request.ssh_public_key.strip() + "\n")
         authorized_keys.chmod(0o600)
         user = pwd.getpwuid(os.geteuid()).pw_name
-        sshd_pid, port = _start_sshd(directory, instance_id, user)
+        sshd_pid, port = start_sshd(directory, instance_id, user)
         launched_at = time.time()
         delay = preemption_delay_s(request.name, self._preempt_rate)
         record = _InstanceRecord(
@@ -264,9 +255,8 @@ class LocalProvider:
 
     def _sshd_pid(self, record: _InstanceRecord) -> int | None:
         """The pid of the instance's sshd if it still runs (and is that sshd, not a reuse)."""
-        config = str(self._dir(record.id) / "sshd_config")
         pid = record.sshd_pid
-        return pid if pid_alive(pid) and config in cmdline(pid) else None
+        return pid if sshd_runs(pid, self._dir(record.id) / "sshd_config") else None
 
     def _end(
         self, instance_id: str, how: Literal["terminated", "preempted"], grace_s: float
@@ -283,7 +273,9 @@ class LocalProvider:
                 if listener is not None:
                     with suppress(ProcessLookupError):
                         os.kill(listener, signal.SIGSTOP)
-                _stop_processes(instance_id, self._dir(instance_id) / "sshd_config", grace_s)
+                stop_instance_processes(
+                    instance_id, self._dir(instance_id) / "sshd_config", grace_s
+                )
                 self._save(record.model_copy(update={"ended": how, "ended_at": time.time()}))
         log.info("local instance %s %s", instance_id, how)
 
@@ -320,151 +312,3 @@ def _locked(path: Path) -> Iterator[None]:
     with open(path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
-
-
-# ---- sshd -----------------------------------------------------------------------------------
-
-
-def _sshd_config(directory: Path, instance_id: str, user: str, port: int) -> str:
-    return f"""\
-Port {port}
-ListenAddress {HOST}
-HostKey "{directory / "ssh_host_ed25519_key"}"
-PidFile "{directory / "sshd.pid"}"
-AuthorizedKeysFile "{directory / "authorized_keys"}"
-AllowUsers {user}
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-X11Forwarding no
-PrintMotd no
-ClientAliveInterval 15
-ClientAliveCountMax 4
-Subsystem sftp internal-sftp
-SetEnv {INSTANCE_ENV_VAR}={instance_id} "HOME={directory / "home"}"
-"""
-
-
-def _start_sshd(directory: Path, instance_id: str, user: str) -> tuple[int, int]:
-    """Start the instance's sshd detached (it outlives us, like a VM) on a free loopback port;
-    returns (pid, port) once it listens."""
-    sshd = find_sshd()
-    if os.geteuid() == 0:
-        SSHD_PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)  # sshd as root refuses to start without
-    config, log_path = directory / "sshd_config", directory / "sshd.log"
-    for _ in range(_PORT_ATTEMPTS):
-        port = free_port(HOST)
-        config.write_text(_sshd_config(directory, instance_id, user, port))
-        log_start = log_path.stat().st_size if log_path.exists() else 0
-        pid = spawn_detached([sshd, "-D", "-e", "-f", str(config)], log_path, env=_sshd_env())
-        failure = _await_listening(pid, port, log_path, log_start)
-        if failure is None:
-            return pid, port
-        if "Address already in use" not in failure:  # else another process took the port
-            tail = " | ".join(failure.strip().splitlines()[-3:])
-            raise PermanentProviderError(f"sshd of {instance_id} did not start: {tail}")
-    raise ProviderError(f"sshd of {instance_id}: no free port after {_PORT_ATTEMPTS} tries")
-
-
-def _await_listening(pid: int, port: int, log_path: Path, log_start: int) -> str | None:
-    """None once sshd logs that it listens; its log output if it exited instead."""
-    listening = f"Server listening on {HOST} port {port}"
-    deadline = time.monotonic() + SSHD_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        output = log_path.read_bytes()[log_start:].decode(errors="replace")
-        if listening in output:
-            return None
-        if not pid_alive(pid):
-            return output
-        time.sleep(0.02)
-    _signal_all({pid}, signal.SIGKILL)
-    raise ProviderError(f"sshd (pid {pid}) not listening after {SSHD_START_TIMEOUT_S:g}s")
-
-
-def _sshd_env() -> dict[str, str]:
-    """sshd builds each session's environment itself; it needs nothing of ours."""
-    return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
-
-
-# ---- the instance's processes -----------------------------------------------------------------
-
-
-def _instance_pids(instance_id: str, sshd_config: Path) -> set[int]:
-    """Live processes of the instance: its sshd (recognised by its config path) with all
-    descendants (connections, sessions), and every process whose environment carries the
-    instance marker (detached ones included)."""
-    marker = f"{INSTANCE_ENV_VAR}={instance_id}".encode()
-    config = str(sshd_config).encode()
-    children: dict[int, list[int]] = {}
-    found: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            environ = (entry / "environ").read_bytes()
-            argv = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue  # gone, or not ours to read
-        if fields[0] == "Z":
-            continue
-        pid = int(entry.name)
-        children.setdefault(int(fields[1]), []).append(pid)
-        if marker in environ.split(b"\0") or _is_sshd_with_config(argv, config):
-            found.add(pid)
-    pending = list(found)
-    while pending:
-        pid = pending.pop()
-        found.add(pid)
-        pending.extend(children.get(pid, []))
-    found.discard(os.getpid())
-    return found
-
-
-def _is_sshd_with_config(argv: bytes, config: bytes) -> bool:
-    """True for an sshd started with `config` (also after it retitled itself "sshd: ...")."""
-    program = argv.split(b"\0")[0].split(b" ")[0].rstrip(b":")
-    return program.rsplit(b"/", 1)[-1] == b"sshd" and config in argv
-
-
-def _stop_processes(instance_id: str, sshd_config: Path, grace_s: float) -> None:
-    """SIGTERM the instance's processes and wait up to `grace_s`, then SIGKILL whatever is
-    left, rescanning until nothing of the instance runs (catches forks in flight)."""
-    if grace_s > 0:
-        pids = _instance_pids(instance_id, sshd_config)
-        _signal_all(pids, signal.SIGTERM)
-        _wait_gone({pid for pid in pids if not _is_stopped(pid)}, grace_s)
-    for _ in range(_KILL_ROUNDS):
-        pids = _instance_pids(instance_id, sshd_config)
-        if not pids:
-            return
-        _signal_all(pids, signal.SIGKILL)
-        _wait_gone(pids, 1.0)
-    raise ProviderError(f"processes of local instance {instance_id} survive SIGKILL: {pids}")
-
-
-def _is_stopped(pid: int) -> bool:
-    """The process is stopped (SIGSTOP): a frozen sshd that only SIGKILL will end."""
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
-    except (OSError, IndexError):
-        return False
-
-
-def _signal_all(pids: set[int], sig: signal.Signals) -> None:
-    for pid in pids:
-        with suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
-def _wait_gone(pids: set[int], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for pid in pids:
-            with suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)  # reap our own children (an sshd we spawned)
-        if not any(pid_alive(pid) for pid in pids):
-            return
-        time.sleep(0.02)

@@ -31,6 +31,7 @@ from celery import chain, chord
 from jobs.pipeline import JobRef
 from jobs.spec import SweepSpec, load_sweep_file
 from jobs.submission import check_submission, job_records, submit_sweep
+from jobs.tiny_sweep import tiny_sweep
 from ops.bench.tasks import (
     NOOP_HEADER,
     NOOP_STAGES,
@@ -85,19 +86,8 @@ def write_sweep_file(workdir: Path) -> Path:
     model, data = workdir / "model", workdir / "data.jsonl"
     model.mkdir(parents=True, exist_ok=True)
     data.touch()
-    spec = {
-        "name": "bench-submit",
-        "provider": {"name": "local"},
-        "job": {
-            "model": str(model),
-            "layer": 1,
-            "dataset": str(data),
-            "sae": {"n_latents": 256, "k": 8, "aux_k": 32},
-            "train": {"total_tokens": 16_384, "batch_tokens": 512},
-            "gpu": {"require_gpu": False},
-        },
-        "grid": {"sae.k": list(range(4, 14)), "train.seed": list(range(100))},
-    }
+    grid = {"sae.k": list(range(4, 14)), "train.seed": list(range(100))}
+    spec = tiny_sweep(model, data, name="bench-submit", grid=grid)
     path = workdir / "bench-submit.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path

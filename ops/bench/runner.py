@@ -27,6 +27,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from queue_app.celery_commands import worker_argv
 from queue_app.processes import free_port, redis_server_binary, spawn_detached, stop_process
 from queue_app.redis_server import start_redis
 
@@ -62,19 +63,24 @@ def private_redis(data_dir: Path) -> Iterator[str]:
 @contextmanager
 def workers(workdir: Path, env: dict[str, str]) -> Iterator[None]:
     """The plain worker and the saefleet worker, same options, both stopped on the way out."""
+    from ops.bench.tasks import PLAIN_QUEUE
+    from queue_app.celery_app import CONTROL_QUEUE
+
     pids: list[int] = []
     try:
         for name, target, queue in (
-            ("plain", "ops.bench.tasks:plain_app", "bench.plain"),
-            ("saefleet", "ops.bench.tasks:app", "control"),
+            ("plain", "ops.bench.tasks:plain_app", PLAIN_QUEUE),
+            ("saefleet", "ops.bench.tasks:app", CONTROL_QUEUE),
         ):
-            argv = [
-                sys.executable,
-                *("-m", "celery", "-A", target, "worker", "-Q", queue),
-                *("-c", str(WORKER_PROCESSES), "-n", f"bench-{name}@bench"),
-                *("--without-gossip", "--without-mingle", "--without-heartbeat"),
-                *("--loglevel", "WARNING"),
-            ]
+            argv = worker_argv(
+                [queue],
+                node=f"bench-{name}@bench",
+                concurrency=WORKER_PROCESSES,
+                log_level="WARNING",
+                app=target,
+                events=False,
+                heartbeat=False,
+            )
             pids.append(spawn_detached(argv, workdir / f"worker-{name}.log", env=env))
         yield
     finally:

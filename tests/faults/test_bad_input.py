@@ -40,6 +40,7 @@ from jobs.spec import (
     load_sweep_file,
 )
 from jobs.submission import check_submission
+from jobs.tiny_sweep import tiny_sweep
 from ops.cli import main
 from queue_app.jobspec import JobConfig
 from queue_app.settings import Settings
@@ -113,19 +114,7 @@ def base(settings: Settings, tmp_path: Path) -> dict[str, Any]:
     model, data = tmp_path / "model", tmp_path / "data.jsonl"
     model.mkdir()
     data.write_text('{"text": "hello"}\n')
-    return {
-        "name": "fuzz",
-        "provider": {"name": "local"},
-        "job": {
-            "model": str(model),
-            "layer": 1,
-            "dataset": str(data),
-            "sae": {"n_latents": 256, "k": 8, "aux_k": 32},
-            "train": {"total_tokens": 20_000, "batch_tokens": 512},
-            "gpu": {"require_gpu": False},
-        },
-        "grid": {"sae.k": [4, 8]},
-    }
+    return tiny_sweep(model, data, name="fuzz", grid={"sae.k": [4, 8]})
 
 
 @pytest.fixture

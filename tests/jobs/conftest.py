@@ -15,7 +15,8 @@ import jobs.bootstrap
 import jobs.instances
 from jobs.providers.base import Capacity, Instance, InstanceStatus, LaunchRequest
 from jobs.providers.local import INSTANCE_TYPE, REGION, LocalProvider
-from jobs.ssh import SSHSession, SSHTarget, connect, ensure_keypair
+from jobs.ssh import SSHSession, SSHTarget
+from jobs.ssh_connect import connect, ensure_keypair
 from queue_app.celery_app import app
 from queue_app.settings import Settings
 from queue_app.store import Store

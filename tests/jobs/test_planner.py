@@ -1,27 +1,18 @@
-"""The planner: failover order, sweep plans priced live / from the catalog / for local, the
-budget check, and the throughput model its hours come from."""
+"""The planner: sweep plans priced live / from the catalog / for local, the budget check, and
+the throughput model its hours come from (launch candidates: test_placement.py)."""
 
 from __future__ import annotations
 
 import json
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from jobs.catalog import LAMBDA_CATALOG
-from jobs.planner import (
-    PlanError,
-    capacity_for,
-    estimate_sweep_cost,
-    fits,
-    plan_launch,
-    plan_sweep,
-)
-from jobs.providers.base import InstanceType
+from jobs.planner import PlanError, estimate_sweep_cost, plan_sweep
 from jobs.providers.errors import ProviderError
-from jobs.spec import SweepSpec, load_sweep_file
+from jobs.spec import SweepSpec
 from jobs.throughput import (
     CPU_EFFECTIVE_FLOPS,
     flops_per_token,
@@ -29,9 +20,8 @@ from jobs.throughput import (
     model_shape,
     shape_from_config,
 )
-from queue_app.jobspec import JobConfig, ProviderSpec
+from tests.support.planning import LIVE_TYPES, StaticProvider, config, example, itype
 
-EXAMPLE = Path(__file__).parents[2] / "jobs" / "examples" / "llama31-8b-pii.yaml"
 TODAY = date(2026, 11, 23)
 
 # The example job by hand (Llama-3.1-8B: d 4096, FFN 14336, 32 query / 8 KV heads of 128):
@@ -42,68 +32,6 @@ FLOPS = 5_966_397_440
 A100_TOKENS_PER_S = 312e12 * 0.30 / FLOPS  # 15,687.9
 HOURS = 200_000_000 / A100_TOKENS_PER_S / 3600 + 0.25  # 3.7913
 COST = HOURS * 1.29  # 4.8908
-
-
-def itype(name: str, price: float, memory: float, regions: list[str], **extra: Any) -> InstanceType:
-    gpus = extra.pop("gpu_count", 1)
-    return InstanceType(
-        name=name,
-        description=f"{gpus}x {extra.pop('gpu', 'A100')} ({memory:g} GB SXM4)",
-        gpu_count=gpus,
-        gpu_memory_gb=memory,
-        price_per_hour=price,
-        regions=regions,
-        **extra,
-    )
-
-
-class StaticProvider:
-    """A Provider whose instance_types() is a fixed list (or raises)."""
-
-    name = "lambda"
-
-    def __init__(self, types: list[InstanceType] | Exception, fs_region: str = "") -> None:
-        self.types = types
-        self.fs_region = fs_region
-
-    def instance_types(self) -> list[InstanceType]:
-        if isinstance(self.types, Exception):
-            raise self.types
-        return self.types
-
-    def file_system_region(self, name: str) -> str:
-        return self.fs_region
-
-    def launch(self, request: Any) -> Any:
-        raise NotImplementedError
-
-    def get(self, instance_id: str) -> Any:
-        raise NotImplementedError
-
-    def list(self, include_foreign: bool = False) -> list[Any]:
-        return []
-
-    def terminate(self, instance_id: str) -> None:
-        raise NotImplementedError
-
-
-LIVE_TYPES = [
-    itype("gpu_1x_a10", 0.75, 24, ["us-east-1"], gpu="A10"),
-    itype("gpu_1x_h100_sxm5", 3.29, 80, ["us-south-1"], gpu="H100"),
-    itype("gpu_1x_a100_sxm4", 1.29, 40, ["us-west-1", "us-east-1"]),
-    itype("gpu_1x_a100", 1.29, 40, []),
-    itype("gpu_8x_a100_80gb_sxm4", 14.32, 80, ["us-east-1"], gpu_count=8),
-]
-
-
-def example(**changes: Any) -> SweepSpec:
-    raw = load_sweep_file(EXAMPLE).model_dump(exclude_unset=True)
-    raw.update(changes)
-    return SweepSpec.model_validate(raw)
-
-
-def config(**job: Any) -> JobConfig:
-    return example().expand()[0].config.model_copy(update=job)
 
 
 # ---- the example with the built-in catalog -----------------------------------------------------
@@ -276,59 +204,6 @@ def test_local_jobs_that_require_a_gpu_are_warned_about(tmp_path: Path) -> None:
     assert plan.estimated_cost_usd == 0
     assert plan.capacity == "spot"  # the local provider simulates spot
     assert any("require_gpu" in w for w in plan.warnings)
-
-
-# ---- launch candidates -------------------------------------------------------------------------
-
-
-def test_failover_order_is_cheapest_first_across_types_and_regions() -> None:
-    found = plan_launch(config(), ProviderSpec(name="lambda"), StaticProvider(LIVE_TYPES), 0)
-    assert [(c.instance_type, c.region, c.price_per_hour) for c in found] == [
-        ("gpu_1x_a100_sxm4", "us-east-1", 1.29),
-        ("gpu_1x_a100_sxm4", "us-west-1", 1.29),
-        ("gpu_1x_h100_sxm5", "us-south-1", 3.29),
-        ("gpu_8x_a100_80gb_sxm4", "us-east-1", 14.32),
-    ]
-    assert {c.capacity for c in found} == {"on_demand"}
-
-
-def test_spec_filters_and_the_file_system_region_narrow_the_candidates() -> None:
-    provider = StaticProvider(LIVE_TYPES, fs_region="us-west-1")
-    spec = ProviderSpec(name="lambda", regions=["us-east-1", "us-south-1"])
-    assert [c.region for c in plan_launch(config(), spec, provider, 0)] == [
-        "us-east-1",
-        "us-south-1",
-        "us-east-1",
-    ]
-    spec = ProviderSpec(name="lambda", instance_types=["gpu_1x_h100_sxm5"])
-    assert [c.instance_type for c in plan_launch(config(), spec, provider, 0)] == [
-        "gpu_1x_h100_sxm5"
-    ]
-    spec = ProviderSpec(name="lambda", file_system="ckpts")
-    assert {c.region for c in plan_launch(config(), spec, provider, 0)} == {"us-west-1"}
-
-
-def test_spot_is_used_where_offered_until_preemptions_run_out() -> None:
-    types = [
-        itype("a", 2.0, 40, ["r1"], spot_price_per_hour=0.8),
-        itype("b", 1.5, 40, ["r1"]),
-    ]
-    auto = config(capacity="auto", max_preemptions=2)
-    first = plan_launch(auto, ProviderSpec(), StaticProvider(types), preemptions=0)
-    assert [(c.instance_type, c.capacity, c.price_per_hour) for c in first] == [("a", "spot", 0.8)]
-    later = plan_launch(auto, ProviderSpec(), StaticProvider(types), preemptions=2)
-    assert [c.instance_type for c in later] == ["b", "a"] and later[0].capacity == "on_demand"
-    assert capacity_for(config(capacity="spot"), 9, spot_offered=True) == "spot"
-    assert capacity_for(config(capacity="spot"), 0, spot_offered=False) == "on_demand"
-
-
-def test_fits_checks_gpu_count_and_memory_unless_no_gpu_is_required() -> None:
-    job = config()
-    assert fits(job, itype("x", 1, 40, []))
-    assert not fits(job, itype("x", 1, 24, []))
-    assert not fits(config(gpu=job.gpu.model_copy(update={"count": 2})), itype("x", 1, 40, []))
-    cpu_job = config(gpu=job.gpu.model_copy(update={"require_gpu": False}))
-    assert fits(cpu_job, itype("x", 1, 0, [], gpu_count=0))
 
 
 # ---- throughput and catalog --------------------------------------------------------------------

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from jobs.preflight import PreflightReport, run_preflight
-from jobs.providers.lambda_cloud import LambdaCloud, RetryPolicy
+from jobs.providers.lambda_api import RetryPolicy
+from jobs.providers.lambda_cloud import LambdaCloud
 from jobs.providers.pacing import Pacer, Rate
 from jobs.spec import SweepSpec
-from jobs.ssh import ensure_keypair
+from jobs.ssh_connect import ensure_keypair
 from queue_app.processes import free_port
 from queue_app.settings import Settings
 from tests.support.fake_lambda import FakeLambda, running_fake_lambda

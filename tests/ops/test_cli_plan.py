@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.providers.lambda_cloud import shared_pacer
+from jobs.providers.lambda_api import shared_pacer
 from ops.cli_plan import plan_command
 from tests.support.fake_lambda import FakeLambda, running_fake_lambda
 

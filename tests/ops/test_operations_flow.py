@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import redis
 
+from queue_app.celery_app import CONTROL_QUEUE, WATCHDOG_QUEUE
 from queue_app.processes import free_port
 from queue_app.records import JobRecord, SweepRecord
 from queue_app.statemachine import JobState
@@ -249,8 +250,8 @@ def test_pending_work_stays_queued_and_a_restarted_worker_holds(flow: Flow) -> N
     status = flow.status_after_restart["status"]
     assert status["drained"]["by"] == "drain"
     [(node, worker)] = [(n, w) for n, w in status["workers"].items() if n.startswith("control-")]
-    assert worker["queues"] == ["watchdog"], node  # restarted during the drain: held
-    assert status["pending"]["control"] >= 1  # supervise_training's next poll waits in Redis
+    assert worker["queues"] == [WATCHDOG_QUEUE], node  # restarted during the drain: held
+    assert status["pending"][CONTROL_QUEUE] >= 1  # supervise_training's next poll waits in Redis
     assert [s["segment_status"] for s in status["training"]] == ["done"]
 
 

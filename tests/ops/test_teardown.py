@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 
 from jobs.providers import InstanceStatus, LaunchRequest
 from jobs.providers.local import INSTANCE_TYPE, REGION, LocalProvider
-from jobs.ssh import ensure_keypair
+from jobs.ssh_connect import ensure_keypair
 from ops.cli import app
 from queue_app.admission import drain_state
+from queue_app.celery_app import CONTROL_WORKER_QUEUES
 from queue_app.processes import free_port
 from queue_app.settings import Settings
 from queue_app.statemachine import InstanceState, JobState
@@ -121,7 +122,7 @@ def test_every_state_at_every_provider_then_nothing_left(
     assert report["cost"]["usd_per_hour_stopped"] > 0
     state = drain_state(store.r)
     assert state is not None and state.by == "teardown"  # new sweeps stay refused
-    assert state.keep == ["control", "watchdog"]  # cancelled chains still run to the end
+    assert state.keep == list(CONTROL_WORKER_QUEUES)  # cancelled chains still run to the end
 
     code, again = teardown()
     assert code == 0, again  # idempotent: nothing left to do is success

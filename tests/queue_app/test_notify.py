@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from celery.exceptions import Retry
 
-from queue_app.celery_app import make_app
+from queue_app.celery_app import CONTROL_QUEUE, make_app
 from queue_app.notify import DELIVER_TASK, Event, deliver, notify, retry_countdown, slack_payload
 from queue_app.processes import free_port
 from queue_app.settings import Settings
@@ -39,7 +39,7 @@ def webhook(monkeypatch: pytest.MonkeyPatch) -> Iterator[Webhook]:
 def queued_tasks(store: Store) -> list[tuple[str, dict[str, Any]]]:
     """(task name, kwargs) of each message waiting in the control queue."""
     out = []
-    for raw in store.r.lrange("control", 0, -1):
+    for raw in store.r.lrange(CONTROL_QUEUE, 0, -1):
         message = json.loads(raw)
         _, kwargs, _ = json.loads(base64.b64decode(message["body"]))
         out.append((message["headers"]["task"], kwargs))
@@ -50,7 +50,7 @@ def test_without_a_webhook_nothing_is_queued(store: Store, monkeypatch: pytest.M
     notify(Event.JOB_FAILED, job="j1", reason="boom")
     monkeypatch.setenv("SAEFLEET_WEBHOOK_URL", "")  # a blank line in .env
     notify(Event.JOB_FAILED, job="j1", reason="boom")
-    assert store.r.llen("control") == 0
+    assert store.r.llen(CONTROL_QUEUE) == 0
 
 
 def test_the_message_carries_the_event_and_redacted_fields_never_the_url(
@@ -88,7 +88,7 @@ def test_an_unknown_event_is_logged_not_raised(
 ) -> None:
     monkeypatch.setenv("SAEFLEET_WEBHOOK_URL", "http://127.0.0.1:9/hook")
     notify("no_such_event", job="j1")
-    assert store.r.llen("control") == 0
+    assert store.r.llen(CONTROL_QUEUE) == 0
 
 
 def test_slack_payload_has_a_text_line_and_the_fields() -> None:

@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import pytest
 
-from queue_app.celery_app import make_app
+from queue_app.celery_app import CONTROL_QUEUE, make_app
 from queue_app.connection import connect
 from queue_app.processes import free_port, redis_server_binary, spawn_detached, stop_process
 from queue_app.redis_server import wait_until_ready
@@ -76,7 +76,7 @@ def test_store_broker_and_results_over_tls(tls_redis: str, home: Path) -> None:
     app = make_app(settings)
     try:
         sent = app.send_task("saefleet.noop.tls-check", kwargs={"n": 1}, ignore_result=True)
-        assert store.r.llen("control") == 1  # routed and queued through TLS
+        assert store.r.llen(CONTROL_QUEUE) == 1  # routed and queued through TLS
         app.backend.store_result(sent.id, {"ok": True}, "SUCCESS")
         assert app.AsyncResult(sent.id).get(timeout=10) == {"ok": True}
     finally:

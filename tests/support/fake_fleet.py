@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from jobs.providers import instance_name
 from jobs.providers.fake import FakeProvider
+from jobs.tiny_sweep import tiny_job
 from queue_app.records import InstanceRecord, JobRecord, SweepRecord
 from queue_app.settings import Settings
 from queue_app.statemachine import InstanceState, JobState
 from queue_app.store import Store
-from tests.support.fleet import tiny_job
 
 S = JobState
-ASSETS = {"model": Path("tiny-lm"), "corpus": Path("corpus.jsonl")}
 SUCCESS_PATH = [S.PROVISIONING, S.BOOTING, S.VERIFYING, S.BOOTSTRAPPING, S.TRAINING, S.COLLECTING]
 
 
@@ -37,7 +35,7 @@ class FakeFleet:
         self._jobs += 1
         sweep_id, job_id = f"sw{self._jobs}", f"sw{self._jobs}-0000"
         now = time.time()
-        config = tiny_job(ASSETS, **job)
+        config = tiny_job("tiny-lm", "corpus.jsonl", **job)
         self.store.create_sweep(
             SweepRecord(
                 sweep_id=sweep_id,

@@ -21,6 +21,9 @@ from typing import Any
 import yaml
 
 from jobs.providers.local import LocalProvider
+from jobs.tiny_sweep import tiny_sweep
+from queue_app.celery_app import CONTROL_WORKER_QUEUES
+from queue_app.celery_commands import beat_argv, celery_argv, worker_argv
 from queue_app.connection import connect
 from queue_app.processes import stop_process
 from queue_app.records import SweepRecord
@@ -28,35 +31,6 @@ from queue_app.settings import Settings
 from queue_app.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def tiny_job(assets: dict[str, Path], **overrides: Any) -> dict[str, Any]:
-    """A base job that trains in seconds on the tiny LM (CPU)."""
-    job: dict[str, Any] = {
-        "model": str(assets["model"]),
-        "layer": 1,
-        "dataset": str(assets["corpus"]),
-        "context_len": 64,
-        "sae": {"n_latents": 256, "k": 8, "aux_k": 32},
-        "train": {
-            "total_tokens": 16_384,
-            "batch_tokens": 512,
-            "lr": 1e-3,
-            "warmup_steps": 4,
-            "dtype": "fp32",
-        },
-        "early_stop": {"enabled": False, "val_tokens": 1024},
-        "evals": {"holdout_tokens": 2048},
-        "segment_minutes": 0.05,
-        "gpu": {"require_gpu": False},
-    }
-    for path, value in overrides.items():
-        node = job
-        *parents, leaf = path.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return job
 
 
 def write_sweep(
@@ -67,12 +41,10 @@ def write_sweep(
     provider: dict[str, Any] | None = None,
     **job_overrides: Any,
 ) -> Path:
-    spec = {
-        "name": name,
-        "provider": provider or {"name": "local"},
-        "job": tiny_job(assets, **job_overrides),
-        "grid": grid or {},
-    }
+    """The tiny sweep on the test assets, as a sweep file."""
+    spec = tiny_sweep(
+        assets["model"], assets["corpus"], name=name, provider=provider, grid=grid, **job_overrides
+    )
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -125,27 +97,15 @@ class ControlPlane:
     def start_control(self, concurrency: int = 3, app: str = "queue_app.celery_app") -> None:
         """The control worker; `app` names the module with the Celery app it runs (a test may
         wrap the real one, e.g. to inject provider faults)."""
-        self._spawn(
-            "control",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                app,
-                "worker",
-                "-Q",
-                "control,watchdog",
-                "-c",
-                str(concurrency),
-                "-n",
-                f"control-{os.getpid()}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "--loglevel",
-                "INFO",
-            ],
+        argv = worker_argv(
+            CONTROL_WORKER_QUEUES,
+            node=f"control-{os.getpid()}@%h",
+            concurrency=concurrency,
+            log_level="INFO",
+            app=app,
+            events=False,
         )
+        self._spawn("control", argv)
         self.wait_for_worker("control-")
 
     def start_tunnels(self) -> None:
@@ -153,20 +113,10 @@ class ControlPlane:
 
     def start_beat(self, interval_s: float = 2.0, name: str = "beat") -> None:
         """Celery beat sending watchdog ticks; another `name` starts one more beat beside it."""
+        schedule = str(self.home / f"celery{name}-schedule")
         self._spawn(
             name,
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "watchdog.schedule",
-                "beat",
-                "-s",
-                str(self.home / f"celery{name}-schedule"),
-                "--loglevel",
-                "INFO",
-            ],
+            beat_argv(schedule, "INFO"),
             env={"SAEFLEET_WATCHDOG_INTERVAL_S": str(interval_s)},
         )
 
@@ -193,7 +143,7 @@ class ControlPlane:
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run the saefleet CLI (or `inspect-ping`) with the test's environment."""
         if args and args[0] == "inspect-ping":
-            argv = [sys.executable, "-m", "celery", "-A", "queue_app.celery_app", "inspect", "ping"]
+            argv = celery_argv("inspect", "ping")
         else:
             argv = [sys.executable, "-m", "ops.cli", *args]
         return subprocess.run(

@@ -1,4 +1,4 @@
-"""The watchdog revokes training segments by the task id that supervise_training gives them."""
+"""supervise_training sends each training segment under the task id the watchdog revokes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from jobs import supervise
-from watchdog.actions import segment_task_id
+from queue_app.celery_app import segment_task_id
 
 
 def test_segment_task_id_matches_what_supervise_sends(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from queue_app.celery_app import segment_task_id
 from queue_app.statemachine import JobState
 from tests.watchdog.conftest import World
 from watchdog.tick import run_tick
@@ -37,7 +38,7 @@ def test_job_cap_stops_training_then_caps_after_grace(world: World) -> None:
     assert job.state is JobState.COST_CAPPED
     assert "training did not stop within" in (job.reason or "")
     assert "last checkpoint kept (step-000040)" in (job.reason or "")
-    assert world.revoked == [f"seg-{job_id}-a1-2"]
+    assert world.revoked == [segment_task_id(job_id, 1, 2)]
     assert world.store.instance(instance.instance_id).terminate_requested_at is not None
 
 

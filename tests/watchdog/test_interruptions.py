@@ -4,6 +4,7 @@ healthy one, one we asked to terminate, or one whose provider cannot be listed d
 from __future__ import annotations
 
 from jobs.providers import InstanceStatus, ProviderError
+from queue_app.celery_app import segment_task_id
 from queue_app.statemachine import JobState
 from tests.watchdog.conftest import World
 from watchdog.tick import run_tick
@@ -21,7 +22,7 @@ def test_preempted_instance_preempts_its_attempt(world: World) -> None:
     assert job.state is JobState.PREEMPTED and job.attempt == 1 and job.preemptions == 1
     assert "preempted at local (not requested by us)" in (job.reason or "")
     assert "resuming as attempt 2 from the newest checkpoint" in (job.reason or "")
-    assert world.revoked == [f"seg-{job_id}-a1-3"]
+    assert world.revoked == [segment_task_id(job_id, 1, 3)]
     assert world.store.instance(instance.instance_id).terminate_requested_at is not None
     assert world.store.attempt(job_id, 1).end_reason == job.reason
     assert [(a.check, a.kind) for a in report.actions] == [

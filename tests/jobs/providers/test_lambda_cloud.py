@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from jobs.planner import plan_launch
+from jobs.placement import plan_launch
 from jobs.providers import (
     AuthError,
     CapacityError,
@@ -33,14 +33,9 @@ from jobs.providers import (
     QuotaError,
     RateLimited,
 )
-from jobs.providers.lambda_cloud import (
-    LAMBDA_RATES,
-    LambdaCloud,
-    RetryPolicy,
-    from_settings,
-    gpu_memory_gb,
-    shared_pacer,
-)
+from jobs.providers.lambda_api import LAMBDA_RATES, RetryPolicy, shared_pacer
+from jobs.providers.lambda_cloud import LambdaCloud, from_settings
+from jobs.providers.lambda_wire import gpu_memory_gb
 from jobs.providers.pacing import Pacer, Rate
 from queue_app.jobspec import JobConfig, ProviderSpec
 from queue_app.processes import free_port
@@ -635,7 +630,7 @@ def test_the_api_key_never_appears_in_logs_errors_or_reprs(
         with pytest.raises(ProviderError) as caught:
             call()
         errors.append(caught.value)
-    texts = [caplog.text, repr(cloud), str(vars(cloud)), repr(cloud._client.headers)]
+    texts = [caplog.text, repr(cloud), str(vars(cloud)), repr(cloud._api._client.headers)]
     texts += [f"{e!s} {e!r} {e.args}" for e in errors]
     assert [type(e) for e in errors] == [CapacityError, NotFound, AuthError, ProviderError]
     assert all(fake_lambda.api_key not in text for text in texts)

@@ -24,7 +24,8 @@ from jobs.providers.local import (
     LocalProvider,
     preemption_delay_s,
 )
-from jobs.ssh import SSHConnectError, SSHSession, connect
+from jobs.ssh import SSHConnectError, SSHSession
+from jobs.ssh_connect import connect
 from queue_app.processes import pid_alive
 from tests.jobs.conftest import LaunchLocal, TargetFor
 
