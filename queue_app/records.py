@@ -227,7 +227,3 @@ class InstanceRecord(Record):
     def cost_usd(self, now: float | None = None) -> float:
         """Price x running time."""
         return self.running_hours(now) * self.price_per_hour
-
-    @property
-    def train_queue(self) -> str:
-        return f"train.{self.instance_id}"
