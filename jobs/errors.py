@@ -16,7 +16,6 @@ JobsError                      retryable = False unless marked
 │   ├── CommandTimeout         retryable: a command ran past its timeout
 │   └── SSHAuthError, HostKeyMismatch, CommandFailed, RemotePathError
 ├── SpecError                  (jobs.spec) a sweep file or spec is invalid (also a ValueError)
-├── PlanError                  (jobs.planner) a sweep's cost cannot be estimated
 ├── SubmitRefused              (jobs.submission) over budget, or a preflight check failed
 └── BundleError                (jobs.bundle) the code bundle cannot be built
 """

@@ -15,7 +15,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from jobs.catalog import CATALOGS
-from jobs.errors import JobsError
 from jobs.placement import Candidate, allowed_types, candidates, capacity_for, usable
 from jobs.providers.base import Capacity, InstanceType, Provider
 from jobs.providers.errors import ProviderError
@@ -31,10 +30,6 @@ from queue_app.jobspec import JobConfig, JobSpec, ProviderSpec
 CLOUD_SETUP_HOURS = 0.25
 
 PriceSource = Literal["live", "catalog", "spec"]
-
-
-class PlanError(JobsError):
-    """The sweep's cost cannot be estimated; the message says why."""
 
 
 class _Frozen(BaseModel):
@@ -147,14 +142,6 @@ def plan_sweep(spec: SweepSpec, provider: Provider | None, today: date | None = 
         estimated_cost_usd=None if None in costs else sum(c or 0 for c in costs),
         budget_usd=spec.budget_usd,
     )
-
-
-def estimate_sweep_cost(spec: SweepSpec, provider: Provider | None) -> float:
-    """The sweep's estimated cost in USD (what `submit` compares with budget_usd)."""
-    plan = plan_sweep(spec, provider)
-    if plan.estimated_cost_usd is None:
-        raise PlanError("; ".join(plan.warnings) or f"cannot estimate the cost of {spec.name}")
-    return plan.estimated_cost_usd
 
 
 def _offers(
