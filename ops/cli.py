@@ -17,6 +17,7 @@ from jobs.results import SweepSummary
 from jobs.spec import SpecError, load_sweep_file
 from ops import controlplane
 from ops.bench.runner import bench_queue_command
+from ops.errors import OpsError
 from ops.views import (
     attempts_table,
     instances_table,
@@ -48,7 +49,7 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.
 WideFlag = Annotated[bool, typer.Option("--wide", help="Every column and full ids.")]
 
 
-class BadInput(Exception):
+class BadInput(OpsError):
     """Exit code 2 with this message."""
 
 

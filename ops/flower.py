@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ops.errors import OpsError
 from queue_app.celery_commands import celery_argv
 from queue_app.settings import Settings, get_settings, read_or_create_secret
 
@@ -26,7 +27,7 @@ LOOPBACK_NAMES = frozenset({"localhost"})
 FLOWER_SERVICE_NAME = "flower"
 
 
-class FlowerConfigError(ValueError):
+class FlowerConfigError(OpsError):
     """Flower cannot start with these settings; the message says what to change."""
 
 

@@ -15,13 +15,14 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from ops.errors import OpsError
 from queue_app.records import JobRecord, SweepRecord
 from queue_app.statemachine import JobState
 from queue_app.store import Store
 
 
-class SweepTimeout(TimeoutError):
-    pass
+class SweepTimeout(OpsError):
+    """The sweep did not finish within the time given."""
 
 
 def _bar_state(job: JobRecord) -> tuple[float, float, str]:

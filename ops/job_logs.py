@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ops.errors import OpsError
 from queue_app.connection import get_store
 from queue_app.logs import CONTEXT_FIELDS, redact
 from queue_app.records import InstanceRecord, JobRecord
@@ -83,7 +84,7 @@ class ServiceLogs:
 # ---- worker logs on instances -------------------------------------------------------------------
 
 
-class RemoteLogError(Exception):
+class RemoteLogError(OpsError):
     """The worker log could not be read over SSH (the message says why)."""
 
 

@@ -1,6 +1,6 @@
-"""Every exception class of the queue core, the jobs package and sae derives from its package's
-one base, whose `retryable` attribute the stages check by type (read from the source: importing
-every module of `sae` would import torch)."""
+"""Every exception class of the queue core, the jobs package, the operator commands and sae
+derives from its package's one base, whose `retryable` attribute the stages check by type (read
+from the source: importing every module of `sae` would import torch)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from jobs.errors import JobsError
+from ops.errors import OpsError
 from queue_app.errors import QueueError
 from sae.errors import SAEError
 
 ROOT = Path(__file__).resolve().parents[1]
-BASES = {"queue_app": QueueError, "jobs": JobsError, "sae": SAEError}
+BASES = {"queue_app": QueueError, "jobs": JobsError, "ops": OpsError, "sae": SAEError}
 BUILTIN_EXCEPTIONS = {
     name
     for name, value in vars(builtins).items()
