@@ -80,10 +80,10 @@ def drain(
     # next step), then the slower round of asking workers to stop consuming.
     set_drained(store.r, "drain", {}, keep)
     report.record("refuse new sweeps", True, "drained flag set: `sweep submit` now refuses")
-    release_instances(settings)
+    release_instances(settings, report)
     answered = worker_queues(app)
     stop_consuming(app, store, report, answered, keep)
-    billing = release_instances(settings)  # again: segments stopped meanwhile get paused
+    billing = release_instances(settings, report)  # again: segments stopped meanwhile get paused
     who = "the watchdog" if not include_watchdog else "only `drain --wait` (no watchdog runs)"
     report.record(
         "release instances",
@@ -145,15 +145,18 @@ def stop_consuming(
     )
 
 
-def release_instances(settings: Settings) -> list[str]:
+def release_instances(settings: Settings, report: StepReport) -> list[str]:
     """Run the drain step here and now (watchdog.drain: a training job checkpoints at its next
-    step, is pulled, paused, its instance terminated); returns what still bills."""
+    step, is pulled, paused, its instance terminated); returns what still bills. What the step
+    could not do yet (it is tried again) is noted."""
     from watchdog.drain import check_drain
     from watchdog.fleet import load_fleet
     from watchdog.tick import live_context
 
     ctx = live_context(settings)
     check_drain(ctx, load_fleet(ctx.store), set())
+    for error in ctx.report.errors:
+        report.note(f"{error.target}: {error.detail}")
     billing = []
     for tracked in load_fleet(ctx.store).tracked:
         instance, job = tracked.instance, tracked.job
@@ -173,11 +176,11 @@ def release_instances(settings: Settings) -> list[str]:
 def wait_until_nothing_bills(settings: Settings, report: StepReport, wait_s: float) -> list[str]:
     """Release instances until none bills (or `wait_s` passes); returns what still bills."""
     deadline = time.monotonic() + wait_s
-    billing = release_instances(settings)
+    billing = release_instances(settings, report)
     while billing and time.monotonic() < deadline:
         report.note(f"{len(billing)} still bill: {'; '.join(billing)}")
         time.sleep(WAIT_POLL_S)
-        billing = release_instances(settings)
+        billing = release_instances(settings, report)
     return billing
 
 
