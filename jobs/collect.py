@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from jobs.errors import StageFailed
 from jobs.instances import open_ssh
-from jobs.remote import layout_for
-from jobs.ssh import SSHError
+from jobs.remote import RemoteLayout, layout_for
+from jobs.ssh import SSHError, SSHSession
 from jobs.stage_base import StageContext, stage
 from queue_app.statemachine import JobState
 
@@ -27,10 +28,7 @@ def collect(ctx: StageContext) -> None:
     final = job_dir / "final"
     with open_ssh(instance, ctx.settings) as ssh:
         ssh.get_dir(layout.final_dir, final)
-        try:
-            ssh.get(layout.worker_log, job_dir / "logs" / f"worker-a{ctx.ref.attempt}.log")
-        except SSHError as exc:
-            log.warning("could not fetch the worker log: %s", exc)
+        fetch_worker_log(ssh, layout, job_dir, ctx.ref.attempt)
     metrics_file = final / "metrics.json"
     if not metrics_file.exists():
         raise StageFailed(f"training finished without {metrics_file.name} in run/final")
@@ -40,6 +38,15 @@ def collect(ctx: StageContext) -> None:
     )
     log.info("collected artifacts into %s", job_dir)
     ctx.advance(JobState.TERMINATING)
+
+
+def fetch_worker_log(ssh: SSHSession, layout: RemoteLayout, job_dir: Path, attempt: int) -> None:
+    """Copy the GPU-side worker's log of `attempt` into the artifact store, where `saefleet
+    logs` reads it once the instance is gone (best effort: a failure is logged)."""
+    try:
+        ssh.get(layout.worker_log, job_dir / "logs" / f"worker-a{attempt}.log")
+    except SSHError as exc:
+        log.warning("could not fetch the worker log: %s", exc)
 
 
 def headline_metrics(raw: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ them.
 JobsError                      retryable = False unless marked
 ├── StageFailed                the stage cannot succeed; the message becomes the job's reason
 ├── InstanceLost               the instance is gone without our asking: a preemption
+├── CheckpointNotKept          (jobs.checkpoint_pull) a finished segment's checkpoint cannot be kept
 ├── ProviderError              (jobs.providers.errors) retryable: 5xx, timeouts, malformed replies
 │   ├── CapacityError          retryable: no capacity for this type/region now
 │   ├── RateLimited            retryable: slow down (retry_after seconds when the API says)

@@ -19,7 +19,8 @@ from jobs.providers import (
     QuotaError,
     instance_name,
 )
-from jobs.stage_base import StageContext, backoff, stage
+from jobs.stage_base import RESUMABLE, StageContext, backoff, stage
+from queue_app.admission import PAUSE_REQUEST, drain_state
 from queue_app.records import InstanceRecord
 from queue_app.statemachine import InstanceState, JobState
 
@@ -29,10 +30,15 @@ log = logging.getLogger(__name__)
 @stage("provision")
 def provision(ctx: StageContext) -> None:
     """Launch the instance named `sf-<job>-<attempt>`; a retried provision finds it by name
-    instead of launching a second one. Waits (bounded) when no candidate has capacity."""
+    instead of launching a second one. Waits (bounded) when no candidate has capacity, and
+    launches nothing while the queue is drained."""
     job_id, attempt = ctx.ref.job_id, ctx.ref.attempt
-    if ctx.job.state is JobState.PREEMPTED:
-        ctx.store.begin_attempt(job_id, attempt)
+    if ctx.job.state in (JobState.QUEUED, *RESUMABLE) and drain_state(ctx.store.r) is not None:
+        ctx.poll()
+    if ctx.job.state in RESUMABLE:
+        # A drain's stop request ends with the pause it asked for.
+        unpause = {"stop_requested": ""} if ctx.job.stop_requested == PAUSE_REQUEST else {}
+        ctx.store.begin_attempt(job_id, attempt, **unpause)
     elif ctx.job.state is JobState.QUEUED:
         ctx.store.start_first_attempt(job_id)
         ctx.advance(JobState.PROVISIONING)

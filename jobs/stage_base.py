@@ -35,6 +35,7 @@ from jobs.instances import request_termination as _request_termination
 from jobs.pipeline import STAGES, JobRef, job_is_past, stage_chain, stage_task_name
 from jobs.providers import Provider
 from jobs.results import job_result
+from queue_app.admission import drain_state
 from queue_app.celery_app import app
 from queue_app.connection import get_store
 from queue_app.errors import IllegalTransition, NotFoundError, StaleAttempt
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 
 MAX_TRANSIENT_RETRIES = 6
 MAX_COUNTDOWN_S = 40.0  # stays below the broker's visibility timeout (60 s)
+# A job waiting for its next attempt: the replacement chain's provision begins it.
+RESUMABLE = frozenset({JobState.PREEMPTED, JobState.PAUSED})
 
 
 def backoff(n: int, base: float = 2.0, cap: float = MAX_COUNTDOWN_S) -> float:
@@ -140,9 +143,7 @@ def _is_current(stage: str, ref: JobRef, job: JobRecord) -> bool:
     if ref.attempt == job.attempt:
         return True
     # The replacement chain's provision may run before the attempt was begun.
-    return (
-        stage == "provision" and job.state is JobState.PREEMPTED and ref.attempt == job.attempt + 1
-    )
+    return stage == "provision" and job.state in RESUMABLE and ref.attempt == job.attempt + 1
 
 
 def run_stage(
@@ -154,6 +155,8 @@ def run_stage(
             return ref.message()  # pass through to terminate, which returns the result
         if ctx.job.state is JobState.PREEMPTED and ref.attempt == ctx.job.attempt:
             return resume(ctx, ctx.job.reason or "preempted")
+        if ctx.job.state is JobState.PAUSED and ref.attempt == ctx.job.attempt:
+            return resume_paused(ctx)
         if ref.attempt == ctx.job.attempt and job_is_past(stage, ctx.job.state):
             # A duplicate: its work is done. Passing the job on is harmless (later stages
             # pass it on too, the chord counts a header once) and continues the chain when
@@ -236,6 +239,8 @@ def settle_if_interrupted(ctx: StageContext, reason: str) -> dict[str, Any] | No
     job = ctx.store.job(ctx.ref.job_id)
     if job.attempt == ctx.ref.attempt and job.state is JobState.PREEMPTED:
         return resume(ctx, job.reason or reason)
+    if job.attempt == ctx.ref.attempt and job.state is JobState.PAUSED:
+        return resume_paused(ctx)
     if job.attempt == ctx.ref.attempt and job.terminal:
         release_instance(ctx)
         return pass_on(ctx)
@@ -284,23 +289,37 @@ def preempt(ctx: StageContext, reason: str) -> dict[str, Any]:
     return resume(ctx, reason)
 
 
-def resume(ctx: StageContext, reason: str) -> dict[str, Any]:
+def resume(ctx: StageContext, reason: str, paused: bool = False) -> dict[str, Any]:
     """Start attempt+1 from `provision` by replacing this task, so the chain's remaining
-    stages (and the chord slot) carry on with the new attempt."""
+    stages (and the chord slot) carry on with the new attempt. A `paused` job resumes at once
+    and its pause counts neither as an attempt given up on nor as a preemption."""
     end_attempt(ctx, reason)
     release_instance(ctx)
     job = ctx.store.job(ctx.ref.job_id)
     config = ctx.config
     history = f"{job.preemptions} preemption(s), last: {reason}"
-    if job.attempt >= config.max_attempts:
+    if not paused and job.attempt - _pauses(ctx) >= config.max_attempts:
         return fail(ctx, f"gave up after {job.attempt} attempts (max_attempts): {history}")
     if config.capacity == "spot" and job.preemptions > config.max_preemptions:
         return fail(ctx, f"spot job preempted more than max_preemptions: {history}")
-    countdown = backoff(job.attempt, base=5.0)
-    log.warning("resuming as attempt %d in %.0fs: %s", job.attempt + 1, countdown, reason)
+    countdown = None if paused else backoff(job.attempt, base=5.0)
+    log.warning("resuming as attempt %d in %.0fs: %s", job.attempt + 1, countdown or 0, reason)
     notify(Event.JOB_RESUMED, **_ids(ctx), next_attempt=job.attempt + 1, reason=reason)
     replacement = stage_chain(ctx.ref.next_attempt(), last=ctx.stage, countdown=countdown)
     raise ctx.task.replace(replacement)
+
+
+def resume_paused(ctx: StageContext) -> dict[str, Any]:
+    """A PAUSED job (watchdog.drain): while the queue is drained this message waits, holding
+    the job's chord slot; once it is not, the job resumes as attempt+1 from its checkpoint."""
+    if drain_state(ctx.store.r) is not None:
+        ctx.poll()
+    return resume(ctx, "resumed after a drain", paused=True)
+
+
+def _pauses(ctx: StageContext) -> int:
+    """How many of the job's attempts ended paused by a drain (they are not given up on)."""
+    return sum(1 for e in ctx.store.events(ctx.ref.job_id) if e.get("to") == JobState.PAUSED)
 
 
 def _ids(ctx: StageContext) -> dict[str, Any]:

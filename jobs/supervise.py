@@ -9,14 +9,12 @@ be lost with its instance; on preemption it resumes by replacement (see jobs.sta
 from __future__ import annotations
 
 import logging
-import posixpath
 import time
 
-from jobs.checkpoints import prune_pulled_checkpoints, verify_pulled_checkpoint
+from jobs.checkpoint_pull import CheckpointNotKept, pull_segment_checkpoint
 from jobs.errors import StageFailed
-from jobs.instances import open_ssh
-from jobs.remote import layout_for
 from jobs.stage_base import StageContext, stage
+from queue_app.admission import drain_state
 from queue_app.celery_app import TRAIN_SEGMENT_TASK, app, segment_task_id
 from queue_app.records import AttemptRecord, InstanceRecord
 from queue_app.statemachine import JobState, SegmentStatus
@@ -24,19 +22,20 @@ from queue_app.statemachine import JobState, SegmentStatus
 log = logging.getLogger(__name__)
 
 RESEND_AFTER_S = 60.0  # a segment still "sent" this long after sending lost its message
-PULL_LEASE_S = 60.0  # renewed while a pull runs; lapses this soon after its holder is killed
 STOP_STATES = {"cost_cap": JobState.COST_CAPPED, "cancel": JobState.CANCELLED}
 
 
 @stage("supervise_training")
 def supervise_training(ctx: StageContext) -> None:
-    """Drive training segment by segment until the run is done, stopped or failed."""
+    """Drive training segment by segment until the run is done, stopped or failed. While the
+    queue is drained, or the job is asked to pause, no new segment starts: the watchdog's drain
+    step pauses the job (watchdog.drain)."""
     ctx.advance(JobState.TRAINING)
     instance = ctx.require_instance()
     record = ctx.attempt()
     status = record.segment_status
     if record.segment == 0:
-        _send_segment(ctx, instance, 1)
+        _send_unless_held(ctx, instance, 1)
     elif status is SegmentStatus.SENT and _since(record.segment_sent_at) > RESEND_AFTER_S:
         log.warning("segment %d was never picked up; sending it again", record.segment)
         _send_segment(ctx, instance, record.segment)
@@ -47,16 +46,23 @@ def supervise_training(ctx: StageContext) -> None:
             _pull_checkpoint(ctx, instance, record)
         if record.segment_done:
             return  # on to collect
-        if record.segment_stopped:
-            _stop(ctx)
+        stop = ctx.store.job(ctx.ref.job_id).stop_requested or ""
+        if stop in STOP_STATES:
+            _stop(ctx, stop)
             return
-        _send_segment(ctx, instance, record.segment + 1)
+        _send_unless_held(ctx, instance, record.segment + 1)
     ctx.poll()
 
 
 def _since(moment: float | None) -> float:
     """Seconds since `moment` (since the epoch when it is unset)."""
     return time.time() - (moment or 0)
+
+
+def _send_unless_held(ctx: StageContext, instance: InstanceRecord, segment: int) -> None:
+    """Send `segment` unless the queue is drained or the job is asked to pause."""
+    if drain_state(ctx.store.r) is None and not ctx.store.job(ctx.ref.job_id).stop_requested:
+        _send_segment(ctx, instance, segment)
 
 
 def _send_segment(ctx: StageContext, instance: InstanceRecord, segment: int) -> None:
@@ -77,30 +83,18 @@ def _send_segment(ctx: StageContext, instance: InstanceRecord, segment: int) -> 
 
 
 def _pull_checkpoint(ctx: StageContext, instance: InstanceRecord, record: AttemptRecord) -> None:
-    """Copy the segment's checkpoint into the artifact store and verify it there."""
-    if not record.segment_checkpoint:
-        raise StageFailed(f"segment {record.segment} finished without a checkpoint")
-    with ctx.store.lease(f"pull:{ctx.ref.job_id}", PULL_LEASE_S, renew=True) as held:
-        if not held:
-            ctx.poll()  # another copy of this task is pulling
-        name = posixpath.basename(record.segment_checkpoint.rstrip("/"))
-        local = ctx.settings.checkpoints_dir(ctx.ref.sweep_id, ctx.ref.job_id) / name
-        remote = posixpath.join(layout_for(instance).run_dir, record.segment_checkpoint)
-        if not verify_pulled_checkpoint(local):
-            with open_ssh(instance, ctx.settings) as ssh:
-                ssh.get_dir(remote, local)
-            if not verify_pulled_checkpoint(local):
-                raise StageFailed(f"checkpoint {name} failed verification after the pull")
-        ctx.store.update_job(ctx.ref.job_id, ctx.ref.attempt, latest_checkpoint=name)
-        ctx.update_attempt(pulled_segment=record.segment)
-        keep = ctx.config.train.keep_checkpoints
-        prune_pulled_checkpoints(ctx.settings, ctx.ref.sweep_id, ctx.ref.job_id, keep)
-        log.info("checkpoint %s of segment %d is in the store", name, record.segment)
+    """Copy the segment's checkpoint into the checkpoint store and verify it there."""
+    try:
+        pulled = pull_segment_checkpoint(ctx.store, ctx.settings, ctx.job, instance, record)
+    except CheckpointNotKept as exc:
+        raise StageFailed(str(exc)) from None
+    if not pulled:
+        ctx.poll()  # another process is pulling it
 
 
-def _stop(ctx: StageContext) -> None:
-    """Training stopped on request after checkpointing: record why."""
-    job = ctx.store.job(ctx.ref.job_id)
-    target = STOP_STATES.get(job.stop_requested or "", JobState.CANCELLED)
-    reason = f"stopped on request ({job.stop_requested or 'stop'}); last checkpoint kept"
+def _stop(ctx: StageContext, stop: str) -> None:
+    """Training stopped on request after its checkpoint was pulled: record why."""
+    kept = ctx.store.job(ctx.ref.job_id).latest_checkpoint
+    reason = f"stopped on request ({stop}); last checkpoint kept: {kept or 'none was taken'}"
+    target = STOP_STATES[stop]
     ctx.store.transition(ctx.ref.job_id, ctx.ref.attempt, target, reason=reason, allow_same=True)

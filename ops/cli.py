@@ -29,7 +29,7 @@ from queue_app.admission import QueueDrained
 from queue_app.connection import get_store
 from queue_app.errors import NotFoundError
 from queue_app.settings import get_settings
-from queue_app.statemachine import TERMINAL_STATES, JobState
+from queue_app.statemachine import JobState
 from queue_app.store import Store
 
 console = Console()
@@ -149,9 +149,12 @@ def sweep_wait(sweep_id: str, json_out: JsonFlag = False) -> None:
 @sweep_app.command("cancel")
 def sweep_cancel(sweep_id: str) -> None:
     """Cancel every unfinished job of a sweep (their instances are terminated)."""
+    from ops.stopping import cancel_job
+
     s = store()
     s.sweep(sweep_id)  # an unknown sweep is bad input, not "0 cancelled"
-    cancelled = [j.job_id for j in s.sweep_jobs(sweep_id) if cancel_job(s, j.job_id)]
+    reason = "cancelled by user"
+    cancelled = [j.job_id for j in s.sweep_jobs(sweep_id) if cancel_job(s, j.job_id, reason)]
     if not cancelled:
         fail(f"sweep {sweep_id} has no unfinished job to cancel", code=2)
     console.print(f"cancelled {len(cancelled)} job(s)")
@@ -225,28 +228,13 @@ def _num(value: Any) -> str:
 @job_app.command("cancel")
 def job_cancel(job_id: str) -> None:
     """Cancel a job: its instance is terminated, its last checkpoint kept."""
+    from ops.stopping import cancel_job
+
     s = store()
-    if cancel_job(s, job_id):
+    if cancel_job(s, job_id, "cancelled by user") is not None:
         console.print(f"job {job_id} cancelled")
     else:
         fail(f"job {job_id} has already finished ({s.job(job_id).state})", code=2)
-
-
-def cancel_job(s: Store, job_id: str, tries: int = 5) -> bool:
-    """Move a job to CANCELLED (retrying a lost compare-and-set); False if it had finished."""
-    from queue_app.errors import IllegalTransition, StaleAttempt
-
-    for _ in range(tries):
-        job = s.job(job_id)
-        if job.state in TERMINAL_STATES:
-            return False
-        try:
-            s.update_job(job_id, job.attempt, stop_requested="cancel")
-            s.transition(job_id, job.attempt, JobState.CANCELLED, reason="cancelled by user")
-            return True
-        except (IllegalTransition, StaleAttempt):
-            time.sleep(0.2)
-    return False
 
 
 # ---- fleet --------------------------------------------------------------------------------------

@@ -1,41 +1,53 @@
-"""Drain the queue: stop taking new work without losing any (`ops/drain`, `saefleet queue drain`).
+"""Drain the queue: stop new work and release the GPUs without losing any (`ops/drain`,
+`saefleet queue drain`).
 
-    drain           raise the drained flag (new sweeps are refused), then every worker stops
-                    consuming its work queues (Celery `cancel_consumer`); what a worker is running
-                    finishes, a training segment in flight trains to its end and checkpoints,
-                    and every pending message stays in Redis. With --wait it waits for that;
-                    with --shutdown the control-plane workers then shut down warm.
-    drain --status  what is still running, reserved and queued.
-    drain --undo    every worker consumes its queues again and the flag is lowered.
+    drain           raise the drained flag (new sweeps are refused, no stage launches an instance
+                    or starts a segment), then every worker stops consuming its work queues
+                    (Celery `cancel_consumer`); pending messages stay in Redis. Each training
+                    job checkpoints at its next step; its checkpoint is pulled and verified, its
+                    instance terminated, and it waits PAUSED at no cost (watchdog.drain: run
+                    here once, then by every watchdog tick, also after this command returns).
+                    With --wait it waits until nothing bills; with --shutdown the control-plane
+                    workers then shut down warm.
+    drain --status  the workers, what they run and reserve, what is queued, and each job's way
+                    to costing nothing.
+    drain --undo    every worker consumes its queues again, the flag is lowered, and every
+                    paused job resumes from its checkpoint as its next attempt (in the same
+                    chord slot: its waiting stage message replaces itself, as on preemption).
 
-The watchdog queue keeps being consumed unless --include-watchdog: cost caps and the orphan
-reaper keep protecting the bill while work is drained. The queues each worker consumed are
-kept with the flag, so --undo gives every worker back exactly what it had; a worker that
+The watchdog queue keeps being consumed unless --include-watchdog: cost caps, the orphan reaper
+and the drain step keep working while work is drained (with --include-watchdog only this command,
+and its --wait, release instances). The queues each worker consumed
+are kept with the flag, so --undo gives every worker back exactly what it had; a worker that
 starts during a drain stops consuming at once (queue_app.admission).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
+from jobs.instances import confirm_terminated
+from jobs.providers import ProviderError
 from ops.queue_state import (
     DISCOVER_TIMEOUT_S,
     INSPECT_TIMEOUT_S,
     celery_app,
     expected_gpu_workers,
-    in_flight,
     snapshot,
     status_tables,
     worker_queues,
 )
 from ops.steps import StepReport, log_to_file, run_script
-from queue_app.admission import clear_drained, drain_state, set_drained
+from queue_app.admission import PAUSE_REQUEST, clear_drained, drain_state, set_drained
 from queue_app.connection import get_store
+from queue_app.errors import StaleAttempt
 from queue_app.settings import Settings, get_settings
+from queue_app.statemachine import JobState
 from queue_app.store import Store
 
 if TYPE_CHECKING:
@@ -63,28 +75,69 @@ def drain(
     wait_s: float = 0.0,
     shutdown: bool = False,
 ) -> None:
-    """Refuse new sweeps, stop every worker consuming, optionally wait and shut down."""
+    """Refuse new sweeps, stop every worker consuming, release the instances (now, and by the
+    watchdog after this returns), optionally wait until nothing bills and shut down."""
     store, app = get_store(settings), celery_app(settings)
-    answered = worker_queues(app)
     keep = kept_queues(include_watchdog)
-    cancel = {node: [q for q in qs if q not in keep] for node, qs in answered.items()}
-    for node, queues in expected_gpu_workers(store).items():
+    # First the flag (nothing new starts) and the stop requests (training checkpoints at its
+    # next step), then the slower round of asking workers to stop consuming.
+    set_drained(store.r, "drain", {}, keep)
+    report.record("refuse new sweeps", True, "drained flag set: `sweep submit` now refuses")
+    release_instances(settings, report)
+    answered = worker_queues(app)
+    stop_consuming(app, store, report, answered, keep)
+    billing = release_instances(settings, report)  # again: segments stopped meanwhile get paused
+    who = "the watchdog" if not include_watchdog else "only `drain --wait` (no watchdog runs)"
+    report.record(
+        "release instances",
+        True,
+        "nothing bills"
+        if not billing
+        else f"{len(billing)} instance(s) still bill; {who} pauses their jobs as each "
+        "checkpoint is pulled: " + "; ".join(billing),
+    )
+    if wait_s > 0:
+        billing = wait_until_nothing_bills(settings, report, wait_s)
+        report.record(
+            "nothing bills",
+            not billing,
+            "every job paused or waiting at no cost"
+            if not billing
+            else f"after {wait_s:.0f}s still billing: " + "; ".join(billing),
+        )
+    if shutdown:
+        shut_down_control_workers(app, report, list(answered))
+
+
+def stop_consuming(
+    app: Celery, store: Store, report: StepReport, answered: dict[str, list[str]], keep: list[str]
+) -> None:
+    """Every worker stops consuming its work queues (recorded with the flag for --undo); a
+    GPU-side worker whose instance was released meanwhile needs nothing more."""
+    live_gpu = expected_gpu_workers(store)
+    cancel = {
+        node: [q for q in queues if q not in keep]
+        for node, queues in answered.items()
+        if not node.startswith(GPU_WORKER_PREFIX) or node in live_gpu
+    }
+    for node, queues in live_gpu.items():
         cancel.setdefault(node, queues)  # busy and slow to answer the broadcast: ask it directly
     set_drained(store.r, "drain", cancel, keep)
-    report.record("refuse new sweeps", True, "drained flag set: `sweep submit` now refuses")
     if not cancel:
         report.record("stop consuming", True, "no worker answered: nothing consumes now")
     for node, queues in sorted(cancel.items()):
         failed = [q for q in queues if not _control_ok(app, "cancel_consumer", q, node)]
         what = ", ".join(queues) or "no work queue"
-        if failed:
+        if not failed:
+            report.record(f"stop consuming on {node}", True, f"stopped consuming {what}")
+        elif node not in expected_gpu_workers(store) and node.startswith(GPU_WORKER_PREFIX):
+            report.record(f"stop consuming on {node}", True, "its instance was released")
+        else:
             report.record(
                 f"stop consuming on {node}",
                 False,
                 f"no reply: it may still consume {', '.join(failed)} (run drain again)",
             )
-        else:
-            report.record(f"stop consuming on {node}", True, f"stopped consuming {what}")
     snap = snapshot(app, store, sorted(cancel))
     pending = sum(snap["pending"].values())
     report.record(
@@ -93,28 +146,45 @@ def drain(
         f"{pending} message(s) wait in Redis, {snap['unacked']} reserved by workers",
         pending=snap["pending"],
     )
-    running = in_flight(snap)
-    if wait_s > 0 and running:
-        running = wait_for_in_flight(app, store, report, wait_s)
-    report.record(
-        "work in flight",
-        not (wait_s > 0 and running),
-        "none" if not running else "still running: " + "; ".join(running),
-    )
-    if shutdown:
-        shut_down_control_workers(app, report, list(answered))
 
 
-def wait_for_in_flight(app: Celery, store: Store, report: StepReport, wait_s: float) -> list[str]:
-    """Poll until nothing runs (or `wait_s` passes); returns what still runs."""
+def release_instances(settings: Settings, report: StepReport) -> list[str]:
+    """Run the drain step here and now (watchdog.drain: a training job checkpoints at its next
+    step, is pulled, paused, its instance terminated); returns what still bills. What the step
+    could not do yet (it is tried again) is noted."""
+    from watchdog.drain import check_drain
+    from watchdog.fleet import load_fleet
+    from watchdog.tick import live_context
+
+    ctx = live_context(settings)
+    check_drain(ctx, load_fleet(ctx.store), set())
+    for error in ctx.report.errors:
+        report.note(f"{error.target}: {error.detail}")
+    billing = []
+    for tracked in load_fleet(ctx.store).tracked:
+        instance, job = tracked.instance, tracked.job
+        why = str(job.state) if job else "no job"
+        if tracked.terminate_requested:
+            try:
+                provider = ctx.providers(tracked.provider_spec)
+                if confirm_terminated(ctx.store, provider, instance):
+                    continue
+                why = "terminating"
+            except ProviderError as exc:
+                why = f"cannot ask its provider: {exc}"
+        billing.append(f"{instance.instance_id} ({instance.job_id}: {why})")
+    return billing
+
+
+def wait_until_nothing_bills(settings: Settings, report: StepReport, wait_s: float) -> list[str]:
+    """Release instances until none bills (or `wait_s` passes); returns what still bills."""
     deadline = time.monotonic() + wait_s
-    nodes = sorted(worker_queues(app))
-    running = in_flight(snapshot(app, store, nodes))
-    while running and time.monotonic() < deadline:
-        report.note(f"waiting for {len(running)}: {'; '.join(running)}")
+    billing = release_instances(settings, report)
+    while billing and time.monotonic() < deadline:
+        report.note(f"{len(billing)} still bill: {'; '.join(billing)}")
         time.sleep(WAIT_POLL_S)
-        running = in_flight(snapshot(app, store, nodes))
-    return running
+        billing = release_instances(settings, report)
+    return billing
 
 
 def shut_down_control_workers(app: Celery, report: StepReport, nodes: list[str]) -> None:
@@ -137,12 +207,16 @@ def shut_down_control_workers(app: Celery, report: StepReport, nodes: list[str])
 
 
 def undo(settings: Settings, report: StepReport) -> None:
-    """Every drained worker consumes again what it consumed before; the flag is lowered."""
+    """Every drained worker consumes again what it consumed before; the flag is lowered; every
+    paused job resumes as attempt+1 from its checkpoint (its waiting stage does it)."""
     store, app = get_store(settings), celery_app(settings)
     state = drain_state(store.r)
     if state is None:
         report.record("resume", True, "the queue was not drained")
         return
+    withdrawn = withdraw_pause_requests(store)
+    if withdrawn:
+        report.note(f"training goes on without pausing: {', '.join(withdrawn)}")
     reachable = set(worker_queues(app)) | set(expected_gpu_workers(store))
     for node, queues in sorted(state.workers.items()):
         if node not in reachable:
@@ -153,11 +227,32 @@ def undo(settings: Settings, report: StepReport) -> None:
             report.record(f"resume {node}", False, f"no reply for {', '.join(failed)}")
         else:
             report.record(f"resume {node}", True, f"consuming {', '.join(queues) or 'as before'}")
-    if report.ok:
-        clear_drained(store.r)
-        report.record("admit new sweeps", True, "drained flag cleared")
-    else:
+    if not report.ok:
         report.record("admit new sweeps", False, "flag kept: run --undo again once workers answer")
+        return
+    clear_drained(store.r)
+    report.record("admit new sweeps", True, "drained flag cleared")
+    paused = [j.job_id for j in store.jobs(store.job_ids()) if j.state is JobState.PAUSED]
+    report.record(
+        "resume paused jobs",
+        True,
+        f"{len(paused)} job(s) resume as their next attempt from their checkpoints: "
+        + ", ".join(paused)
+        if paused
+        else "no job was paused",
+        paused=paused,
+    )
+
+
+def withdraw_pause_requests(store: Store) -> list[str]:
+    """Jobs a drain asked to pause that are still training carry on (their stop flag goes)."""
+    withdrawn = []
+    for job in store.jobs(store.job_ids()):
+        if job.state is JobState.TRAINING and job.stop_requested == PAUSE_REQUEST:
+            with contextlib.suppress(StaleAttempt):
+                store.update_job(job.job_id, job.attempt, stop_requested="")
+                withdrawn.append(job.job_id)
+    return withdrawn
 
 
 def _control_ok(app: Celery, command: str, queue: str, node: str) -> bool:

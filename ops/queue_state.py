@@ -1,6 +1,6 @@
 """What the queue holds right now, as data and as tables (`saefleet queue drain --status`):
 the workers and the queues each consumes, their active, reserved and scheduled tasks, the messages
-waiting in Redis per queue, and where each training job's segment stands."""
+waiting in Redis per queue, and each unfinished job's way to costing nothing while drained."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from rich.table import Table
 
 from queue_app.admission import drain_state
 from queue_app.errors import NotFoundError
+from queue_app.records import AttemptRecord
 from queue_app.settings import Settings
-from queue_app.statemachine import JobState
+from queue_app.statemachine import INSTANCE_STATES, JobState
 from queue_app.store import Store
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ KOMBU_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 KOMBU_BINDING_PREFIX = "_kombu.binding."
 KOMBU_UNACKED = "unacked"
 WORKER_STATES = frozenset({JobState.BOOTSTRAPPING, JobState.TRAINING, JobState.COLLECTING})
+WITH_ATTEMPT = INSTANCE_STATES | {JobState.COLLECTING, JobState.TERMINATING, JobState.PAUSED}
 
 
 def celery_app(settings: Settings) -> Celery:
@@ -65,23 +67,50 @@ def pending_messages(store: Store) -> dict[str, int]:
     return {name: sum(lengths[i * steps : (i + 1) * steps]) for i, name in enumerate(names)}
 
 
-def training_segments(store: Store) -> list[dict[str, Any]]:
-    """The segment each TRAINING job's live attempt is on, and where that segment stands."""
-    jobs = [j for j in store.jobs(store.job_ids()) if j.state is JobState.TRAINING]
+def job_ways(store: Store) -> list[dict[str, Any]]:
+    """Each unfinished job: its state, segment, newest checkpoint kept, and its way to costing
+    nothing while the queue is drained (or what it does, when it is not)."""
+    drained = drain_state(store.r) is not None
     out = []
-    for job in jobs:
-        attempt = store.attempt(job.job_id, job.attempt)
+    for job in store.jobs(store.job_ids()):
+        if job.terminal:
+            continue
+        record = store.attempt(job.job_id, job.attempt) if job.state in WITH_ATTEMPT else None
         out.append(
             {
                 "job_id": job.job_id,
+                "state": str(job.state),
                 "attempt": job.attempt,
-                "instance_id": attempt.instance_id,
-                "segment": attempt.segment,
-                "segment_status": attempt.segment_status,
-                "pulled_segment": attempt.pulled_segment,
+                "instance_id": record.instance_id if record else None,
+                "segment": record.segment if record else 0,
+                "segment_status": record.segment_status if record else None,
+                "pulled_segment": record.pulled_segment if record else 0,
+                "checkpoint": job.latest_checkpoint,
+                "way": job_way(job.state, record, drained),
             }
         )
     return out
+
+
+NO_COST_WAYS = {
+    JobState.PAUSED: "paused at no cost; --undo resumes it from its checkpoint",
+    JobState.QUEUED: "waits in the queue at no cost",
+    JobState.PREEMPTED: "waits in the queue at no cost",
+    JobState.TERMINATING: "collected; its instance is terminated, then the job ends",
+}
+
+
+def job_way(state: JobState, record: AttemptRecord | None, drained: bool) -> str:
+    """Where a job stands on its way to a drained, no-cost state (see watchdog.drain)."""
+    if state in NO_COST_WAYS or not drained or record is None:
+        return NO_COST_WAYS.get(state, "running")
+    if state is not JobState.TRAINING:
+        return "pausing: nothing trained yet; its instance is terminated"
+    if record.segment_status == "running":
+        return f"segment {record.segment} checkpoints at its next step"
+    if record.segment_status == "done" and record.pulled_segment < record.segment:
+        return f"pulling segment {record.segment}'s checkpoint, then pausing"
+    return "pausing: checkpoint kept; its instance is terminated"
 
 
 def snapshot(app: Celery, store: Store, nodes: list[str] | None = None) -> dict[str, Any]:
@@ -111,7 +140,7 @@ def snapshot(app: Celery, store: Store, nodes: list[str] | None = None) -> dict[
         "workers": workers,
         "pending": pending_messages(store),
         "unacked": int(store.r.hlen(KOMBU_UNACKED)),
-        "training": training_segments(store),
+        "jobs": job_ways(store),
     }
 
 
@@ -126,21 +155,6 @@ def _task_summary(task: dict[str, Any]) -> dict[str, Any]:
         "job_id": ref.get("job_id") or kwargs.get("job_id"),
         "attempt": ref.get("attempt") or kwargs.get("attempt"),
     }
-
-
-def in_flight(snap: dict[str, Any]) -> list[str]:
-    """What is still running: active tasks and training segments mid-way."""
-    running = [
-        f"{task['name']} ({task['job_id'] or task['id']}) on {node}"
-        for node, worker in snap["workers"].items()
-        for task in worker["active"]
-    ]
-    running += [
-        f"segment {s['segment']} of {s['job_id']} on {s['instance_id']}"
-        for s in snap["training"]
-        if s["segment_status"] == "running"
-    ]
-    return running
 
 
 def expected_gpu_workers(store: Store) -> dict[str, list[str]]:
@@ -189,16 +203,12 @@ def status_tables(snap: dict[str, Any]) -> list[Table | str]:
     queues.add_column("pending", justify="right")
     for name, count in snap["pending"].items():
         queues.add_row(name, str(count))
-    training = Table(title="training segments")
-    for column in ("job", "att", "instance", "segment", "status", "pulled"):
-        training.add_column(column)
-    for s in snap["training"]:
-        training.add_row(
-            s["job_id"],
-            str(s["attempt"]),
-            s["instance_id"] or "-",
-            str(s["segment"]),
-            s["segment_status"] or "-",
-            str(s["pulled_segment"]),
+    jobs = Table(title="jobs: the way to costing nothing")
+    for column in ("job", "state", "att", "segment", "checkpoint", "way"):
+        jobs.add_column(column, overflow="fold")
+    for j in snap["jobs"]:
+        segment = f"{j['segment']} {j['segment_status'] or ''}".strip() if j["segment"] else "-"
+        jobs.add_row(
+            j["job_id"], j["state"], str(j["attempt"]), segment, j["checkpoint"] or "-", j["way"]
         )
-    return [head, workers, queues, training]
+    return [head, workers, queues, jobs]

@@ -2,7 +2,8 @@
 
 `ops/drain` (and `ops/teardown`) set it; `submit_sweep` refuses new sweeps while it is set; a
 Celery worker that starts while the queue is drained stops consuming at once (so a restart
-during a drain does not resume work behind the operator's back). `--undo` clears it.
+during a drain does not resume work behind the operator's back); no stage launches an instance
+or starts a training segment while it is set. `--undo` clears it.
 
     sf:admission:drained    hash   since, by (drain | teardown), workers (JSON: node -> the
                                    queues it stopped consuming), keep (JSON: queues left consumed)
@@ -23,6 +24,9 @@ from queue_app.errors import QueueError
 log = logging.getLogger(__name__)
 
 DRAINED_KEY = "sf:admission:drained"
+# The stop flag (JobRecord.stop_requested) a drain gives training jobs: checkpoint at the next
+# step, and the watchdog's drain step pauses the job once its checkpoint is pulled.
+PAUSE_REQUEST = "pause"
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,10 @@ class JobState(StrEnum):
     """Artifacts are home; terminating the job's instances and confirming they are gone."""
     PREEMPTED = "PREEMPTED"
     """The instance was lost without our asking; the next attempt resumes from a checkpoint."""
+    PAUSED = "PAUSED"
+    """Drained (`queue drain`): its newest checkpoint pulled, its instance terminated, it waits
+    at no cost; `queue drain --undo` resumes it as attempt+1 from that checkpoint. Not a
+    preemption: it never counts against max_preemptions or max_attempts."""
     SUCCEEDED = "SUCCEEDED"
     """Terminal: trained, collected, every instance gone."""
     FAILED = "FAILED"
@@ -62,17 +66,19 @@ _EXITS = {S.FAILED, S.CANCELLED, S.COST_CAPPED}
 
 JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     S.QUEUED: frozenset({S.PROVISIONING, S.FAILED, S.CANCELLED}),
-    S.PROVISIONING: frozenset({S.BOOTING, S.PREEMPTED, *_EXITS}),
-    S.BOOTING: frozenset({S.VERIFYING, S.PREEMPTED, *_EXITS}),
-    S.VERIFYING: frozenset({S.BOOTSTRAPPING, S.PREEMPTED, *_EXITS}),
-    S.BOOTSTRAPPING: frozenset({S.TRAINING, S.PREEMPTED, *_EXITS}),
-    S.TRAINING: frozenset({S.COLLECTING, S.PREEMPTED, *_EXITS}),
+    S.PROVISIONING: frozenset({S.BOOTING, S.PREEMPTED, S.PAUSED, *_EXITS}),
+    S.BOOTING: frozenset({S.VERIFYING, S.PREEMPTED, S.PAUSED, *_EXITS}),
+    S.VERIFYING: frozenset({S.BOOTSTRAPPING, S.PREEMPTED, S.PAUSED, *_EXITS}),
+    S.BOOTSTRAPPING: frozenset({S.TRAINING, S.PREEMPTED, S.PAUSED, *_EXITS}),
+    S.TRAINING: frozenset({S.COLLECTING, S.PREEMPTED, S.PAUSED, *_EXITS}),
     # A lost instance while collecting is a preemption: the next attempt resumes from the final
     # checkpoint, finishes at once and is collected.
     S.COLLECTING: frozenset({S.TERMINATING, S.PREEMPTED, S.FAILED, S.CANCELLED}),
     S.TERMINATING: frozenset({S.SUCCEEDED, S.FAILED}),
     # PREEMPTED -> PROVISIONING starts the next attempt (see Store.begin_attempt).
     S.PREEMPTED: frozenset({S.PROVISIONING, *_EXITS}),
+    # PAUSED -> PROVISIONING resumes it after a drain, like PREEMPTED (Store.begin_attempt).
+    S.PAUSED: frozenset({S.PROVISIONING, *_EXITS}),
     S.SUCCEEDED: frozenset(),
     S.FAILED: frozenset(),
     S.CANCELLED: frozenset(),

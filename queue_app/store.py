@@ -190,7 +190,7 @@ class Store:
         )
 
     def begin_attempt(self, job_id: str, new_attempt: int, **fields: Any) -> None:
-        """PREEMPTED (attempt n-1) -> PROVISIONING (attempt n); a repeat of it is a no-op."""
+        """PREEMPTED or PAUSED (attempt n-1) -> PROVISIONING (attempt n); a repeat is a no-op."""
         keys = (job_key(job_id), events_key(job_id))
         self._job_cas(
             keys,

@@ -6,12 +6,15 @@
   chains itself.
 - `cost_cap`: the job ends COST_CAPPED (its last pulled checkpoint is kept), segment revoked,
   instance terminated.
+- `pause`: the job waits PAUSED (its checkpoint pulled before, see watchdog.drain), segment
+  revoked, instance terminated; `queue drain --undo` resumes it (jobs.stage_base.resume_paused).
 - `terminate_instance`: ask the provider to terminate an instance (already gone is success).
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from jobs.instances import request_termination
 from jobs.providers import Provider, ProviderError
@@ -38,38 +41,56 @@ def interrupt(ctx: TickContext, check: str, tracked: Tracked, why: str) -> bool:
         f"{why}; resuming as attempt {instance.attempt + 1} from the newest checkpoint that "
         f"verifies ({checkpoint}) unless max_attempts or max_preemptions is reached"
     )
-    try:
-        ctx.store.transition(
-            job.job_id,
-            instance.attempt,
-            JobState.PREEMPTED,
-            reason=reason,
-            preemptions=job.preemptions + 1,
-        )
-    except (StaleAttempt, IllegalTransition) as exc:
-        log.info("%s: not preempting %s, it moved on: %s", check, job.job_id, exc)
-        return False
-    ctx.store.end_attempt(job.job_id, instance.attempt, reason)
-    ctx.report.add(check, "preempted", job.job_id, reason)
-    _stop_attempt(ctx, check, tracked)
-    return True
+    preemptions = job.preemptions + 1
+    return _end_attempt(
+        ctx, check, tracked, (JobState.PREEMPTED, "preempted"), reason, preemptions=preemptions
+    )
 
 
 def cost_cap(ctx: TickContext, tracked: Tracked, why: str) -> bool:
     """End the job COST_CAPPED now; False when it already moved on."""
-    job, instance = tracked.job, tracked.instance
+    job = tracked.job
     if job is None:
         return False
     kept = job.latest_checkpoint or "no checkpoint was taken"
     reason = f"{why}; instance terminated, last checkpoint kept ({kept})"
-    try:
-        ctx.store.transition(job.job_id, instance.attempt, JobState.COST_CAPPED, reason=reason)
-    except (StaleAttempt, IllegalTransition) as exc:
-        log.info("cost cap: not capping %s, it moved on: %s", job.job_id, exc)
+    return _end_attempt(ctx, "costs", tracked, (JobState.COST_CAPPED, "capped"), reason)
+
+
+def pause(ctx: TickContext, check: str, tracked: Tracked, why: str) -> bool:
+    """Move the job to PAUSED now; False when it already moved on."""
+    job, instance = tracked.job, tracked.instance
+    if job is None:
         return False
-    ctx.store.end_attempt(job.job_id, instance.attempt, reason)
-    ctx.report.add("costs", "capped", job.job_id, reason)
-    _stop_attempt(ctx, "costs", tracked)
+    kept = ctx.store.job(job.job_id).latest_checkpoint
+    reason = (
+        f"{why}; paused at no cost with its newest checkpoint ({kept or 'none taken yet'}), "
+        f"instance terminated; `queue drain --undo` resumes it as attempt {instance.attempt + 1}"
+    )
+    return _end_attempt(ctx, check, tracked, (JobState.PAUSED, "paused"), reason)
+
+
+def _end_attempt(
+    ctx: TickContext,
+    check: str,
+    tracked: Tracked,
+    to: tuple[JobState, str],
+    reason: str,
+    **fields: Any,
+) -> bool:
+    """Move the attempt's job to the state `to` names (the action reported as its kind), record
+    why the attempt ended, revoke its segment and terminate its instance; False when the job
+    already moved on."""
+    (target, kind), job_id = to, tracked.instance.job_id
+    attempt = tracked.instance.attempt
+    try:
+        ctx.store.transition(job_id, attempt, target, reason=reason, **fields)
+    except (StaleAttempt, IllegalTransition) as exc:
+        log.info("%s: not moving %s to %s, it moved on: %s", check, job_id, target, exc)
+        return False
+    ctx.store.end_attempt(job_id, attempt, reason)
+    ctx.report.add(check, kind, job_id, reason)
+    _stop_attempt(ctx, check, tracked)
     return True
 
 

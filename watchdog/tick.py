@@ -16,6 +16,7 @@ from queue_app.connection import get_store
 from queue_app.settings import Settings
 from watchdog.context import TickContext
 from watchdog.costs import check_costs
+from watchdog.drain import check_drain
 from watchdog.fleet import Fleet, load_fleet
 from watchdog.interruptions import check_interruptions
 from watchdog.liveness import ProbeRound, check_liveness, start_probes
@@ -60,6 +61,7 @@ def _run_checks_on(ctx: TickContext, fleet: Fleet, probes: ProbeRound) -> None:
         ("interruptions", lambda: check_interruptions(ctx, fleet, view)),
         ("liveness", lambda: check_liveness(ctx, probes, view, handled)),
         ("stuck", lambda: check_stuck(ctx, fleet, handled)),
+        ("drain", lambda: check_drain(ctx, fleet, handled)),
         ("costs", lambda: check_costs(ctx, fleet, handled)),
         ("orphans", lambda: check_orphans(ctx, fleet, view)),
     )

@@ -1,17 +1,20 @@
 """What stages hand the chain when things go wrong: a duplicate message for a stage its job is
 past passes the job on without running the stage again (a redelivered poll once failed a job
 that was terminating: "illegal transition TERMINATING -> TRAINING"), and a terminate that fails
-still ends the chain with the job's result (the sweep's finalizer once got a bare job ref)."""
+still ends the chain with the job's result (the sweep's finalizer once got a bare job ref); a
+paused job's stage waits while the queue is drained."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
+from celery.exceptions import Retry
 
 import jobs.terminate
 from jobs.pipeline import STAGES, JobRef, job_is_past
-from jobs.stages import collect, supervise_training, terminate
+from jobs.stages import collect, provision, supervise_training, terminate
+from queue_app.admission import set_drained
 from queue_app.records import JobRecord, SweepRecord
 from queue_app.settings import Settings
 from queue_app.statemachine import JobState
@@ -80,3 +83,18 @@ def test_a_failing_terminate_still_hands_the_chord_a_job_result(
     result = terminate.apply(args=(ref.message(),)).get()
     assert (result["job_id"], result["state"]) == (ref.job_id, "FAILED")
     assert result["reason"] == "terminate: provider client crashed"
+
+
+@pytest.mark.parametrize(("task", "attempt"), [(supervise_training, 1), (provision, 2)])
+def test_a_paused_job_waits_while_the_queue_is_drained(
+    task: object, attempt: int, settings: Settings, store: Store
+) -> None:
+    """Its stage message polls, holding the chord slot; nothing resumes or launches."""
+    ref = _job_in(store, JobState.PAUSED).model_copy(update={"attempt": attempt})
+    set_drained(store.r, "drain", {})
+
+    with pytest.raises(Retry):  # called directly, a poll raises instead of sending itself
+        task(ref.message())  # type: ignore[operator]
+
+    job = store.job(ref.job_id)
+    assert (job.state, job.attempt) == (JobState.PAUSED, 1)

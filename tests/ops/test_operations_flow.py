@@ -1,7 +1,9 @@
 """One real sweep watched from every operator angle: drained while a training segment is in
-flight (the segment finishes and checkpoints, nothing else starts, submissions are refused, a
-restarted worker stays drained), resumed with --undo (every job completes, the finalizer runs
-once), and seen through `status --json`, `logs`, `sweep report` and the webhook.
+flight (the segment checkpoints at its next step, the checkpoint is pulled, the job waits PAUSED
+with its instance terminated, nothing else starts, submissions are refused, a restarted worker
+stays drained), resumed with --undo (the job resumes as attempt 2 from its checkpoint and
+completes, the finalizer runs once), and seen through `status --json`, `logs`, `sweep report` and
+the webhook.
 
 The run carries known fake secrets (an HF token, a Lambda key, the webhook URL, the Redis
 password); Redis is sampled all along (queued task messages decoded) and, with the log files,
@@ -30,13 +32,14 @@ import redis
 from queue_app.celery_app import CONTROL_QUEUE, WATCHDOG_QUEUE
 from queue_app.processes import free_port
 from queue_app.records import JobRecord, SweepRecord
-from queue_app.statemachine import JobState
+from queue_app.statemachine import INSTANCE_STATES, JobState
 from tests.support.fleet import REPO, ControlPlane, control_plane, write_sweep
 from tests.support.servers import TEST_PASSWORD, require_sshd
 from tests.support.webhook import running_webhook
 
 pytestmark = pytest.mark.slow
 
+FLOW_TOKENS, FLOW_BATCH_TOKENS = 131_072, 512  # the tiny job trains 512 tokens a step
 WEBHOOK_TOKEN = "xoxFAKEwebhookToken0123456789"
 FAKE_SECRETS = {
     "HF_TOKEN": "hf_FakeHuggingFaceToken0123456789abcd",
@@ -110,6 +113,9 @@ class Flow:
     segment_when_drained: tuple[int, str | None] = (0, None)
     segment_after_wait: tuple[int, str | None] = (0, None)
     segment_later: tuple[int, str | None, str] = (0, None, "")
+    paused: JobRecord | None = None
+    attempts_resumed_from: list[str | None] = field(default_factory=list)
+    instances_when_drained: list[str] = field(default_factory=list)
     refused: subprocess.CompletedProcess[str] | None = None
     status_after_restart: dict[str, Any] = field(default_factory=dict)
     status_json: dict[str, Any] = field(default_factory=dict)
@@ -143,9 +149,15 @@ def segment(plane: ControlPlane, job_id: str) -> tuple[int, str | None]:
     return attempt.segment, attempt.segment_status
 
 
-def training(plane: ControlPlane, job_id: str) -> bool:
+def training_after_a_segment(plane: ControlPlane, job_id: str) -> bool:
+    """A segment after the first trains in the first half of the run (fails at once if the job
+    got past that)."""
+    job = plane.store.job(job_id)
+    step, steps = int(job.progress.get("step", 0)), FLOW_TOKENS // FLOW_BATCH_TOKENS
+    assert job.state in (JobState.QUEUED, *INSTANCE_STATES), f"{job_id} finished training first"
+    assert step < steps // 2, f"{job_id} trained {step} of {steps} steps before a segment ran"
     number, status = segment(plane, job_id)
-    return number >= 1 and status == "running"
+    return number >= 2 and status == "running"
 
 
 def wait_for(what: str, check: Any, timeout_s: float = 180.0) -> None:
@@ -190,30 +202,38 @@ def flow(
 def drive(plane: ControlPlane, seen: Flow, assets: dict[str, Path]) -> None:
     plane.start_control()
     plane.start_tunnels()
-    # Twice the tiny job's tokens in 3-second segments. A fast machine trains it all in the first
-    # segment, so drain while any segment trains: it must finish and checkpoint, nothing after it.
+    # Eight times the tiny job's tokens in 0.6-second segments; drain while a segment after the
+    # first trains in the first half of the run (so the job has trained steps and has more to
+    # train however fast the machine is): it checkpoints at its next step, nothing after it.
     sweep_file = write_sweep(
-        seen.home.parent, assets, name="opsflow", **{"train.total_tokens": 32_768}
+        seen.home.parent,
+        assets,
+        name="opsflow",
+        segment_minutes=0.01,
+        **{"train.total_tokens": FLOW_TOKENS},
     )
     seen.sweep_id = plane.submit(sweep_file)
     [seen.job_id] = plane.store.sweep(seen.sweep_id).job_ids
     job_id = seen.job_id
-    wait_for("a segment to train", lambda: training(plane, job_id), 240)
+    wait_for("a second segment to train", lambda: training_after_a_segment(plane, job_id), 240)
     seen.drain = json_of(run(plane, "queue", "drain", "--wait", "120", "--json"))
     seen.segment_after_wait = segment(plane, job_id)
+    seen.paused = plane.store.job(job_id)
+    seen.instances_when_drained = plane.running_instances()
     seen.refused = run(plane, "sweep", "submit", str(sweep_file))
-    time.sleep(2.0)  # undrained, supervise would pull the checkpoint and move on within 1 s
+    time.sleep(2.0)  # undrained, the job would resume and train again within 1 s
     number, status = segment(plane, job_id)
     seen.segment_later = (number, status, str(plane.store.job(job_id).state))
     plane.stop("control")
     plane.start_control()
     seen.status_after_restart = json_of(run(plane, "queue", "drain", "--status", "--json"))
     seen.status_json = json_of(run(plane, "status", "--json"))
-    live_logs = run(plane, "logs", job_id, "-n", "200")  # the instance runs: over SSH
-    seen.outputs["logs (live)"] = live_logs.stdout + live_logs.stderr
+    paused_logs = run(plane, "logs", job_id, "-n", "200")  # kept when the job was paused
+    seen.outputs["logs (paused)"] = paused_logs.stdout + paused_logs.stderr
     seen.undo = json_of(run(plane, "queue", "drain", "--undo", "--json"))
     seen.sweep = plane.wait_sweep(seen.sweep_id, timeout_s=240)
     seen.jobs = plane.store.sweep_jobs(seen.sweep_id)
+    seen.attempts_resumed_from = [a.resume_from for a in plane.store.attempts(job_id)]
     for name, args in {
         "logs": ("logs", job_id),
         "report": ("sweep", "report", seen.sweep_id, "--format", "md"),
@@ -231,13 +251,18 @@ def drive(plane: ControlPlane, seen: Flow, assets: dict[str, Path]) -> None:
 # ---- drain --------------------------------------------------------------------------------------
 
 
-def test_drain_lets_the_segment_in_flight_finish_and_starts_nothing(flow: Flow) -> None:
+def test_drain_keeps_the_segment_in_flight_releases_the_instance_and_starts_nothing(
+    flow: Flow,
+) -> None:
     assert flow.drain["ok"], flow.drain
     steps = {s["name"]: s for s in flow.drain["steps"]}
-    assert steps["work in flight"]["detail"] == "none"  # --wait saw the segment end
+    assert steps["nothing bills"]["detail"] == "every job paused or waiting at no cost"
     number, status = flow.segment_after_wait
-    assert number >= 1 and status == "done"  # finished its segment and checkpointed
-    assert flow.segment_later == (number, "done", "TRAINING")  # nothing new while drained
+    assert number >= 1 and status in ("done", "sent")  # stopped and checkpointed, or not begun
+    assert flow.paused is not None and flow.paused.state is JobState.PAUSED
+    assert flow.paused.latest_checkpoint and flow.paused.preemptions == 0
+    assert flow.instances_when_drained == []
+    assert flow.segment_later == (number, status, "PAUSED")  # nothing new while drained
 
 
 def test_submission_is_refused_while_drained(flow: Flow) -> None:
@@ -252,7 +277,9 @@ def test_pending_work_stays_queued_and_a_restarted_worker_holds(flow: Flow) -> N
     [(node, worker)] = [(n, w) for n, w in status["workers"].items() if n.startswith("control-")]
     assert worker["queues"] == [WATCHDOG_QUEUE], node  # restarted during the drain: held
     assert status["pending"][CONTROL_QUEUE] >= 1  # supervise_training's next poll waits in Redis
-    assert [s["segment_status"] for s in status["training"]] == ["done"]
+    assert [(j["state"], j["checkpoint"]) for j in status["jobs"]] == [
+        ("PAUSED", flow.paused.latest_checkpoint if flow.paused else None)
+    ]
 
 
 def test_undo_completes_every_job_and_finalizes_once(flow: Flow) -> None:
@@ -260,7 +287,9 @@ def test_undo_completes_every_job_and_finalizes_once(flow: Flow) -> None:
     assert flow.sweep is not None and flow.sweep.finalize_runs == 1
     assert [j.state for j in flow.jobs] == [JobState.SUCCEEDED]
     [job] = flow.jobs
-    assert job.attempt == 1 and job.metrics
+    assert job.attempt == 2 and job.preemptions == 0 and job.metrics
+    assert flow.paused is not None
+    assert flow.attempts_resumed_from == [None, flow.paused.latest_checkpoint]
 
 
 # ---- views --------------------------------------------------------------------------------------
@@ -269,15 +298,15 @@ def test_undo_completes_every_job_and_finalizes_once(flow: Flow) -> None:
 def test_status_json_while_drained(flow: Flow) -> None:
     [sweep] = flow.status_json["sweeps"]
     [job] = sweep["jobs"]
-    assert job["state"] == "TRAINING" and job["attempt"] == 1
+    assert job["state"] == "PAUSED" and job["attempt"] == 1
     assert job["instance_id"] and job["step"] > 0 and job["tokens"] > 0
-    assert job["loss"] is not None and job["l0"] is not None and job["tokens_per_s"] > 0
-    assert flow.status_json["fleet"]["by_state"]["LAUNCHED"] == 1
+    assert job["loss"] is not None and job["l0"] is not None
+    assert flow.status_json["fleet"]["by_state"].get("LAUNCHED", 0) == 0
 
 
-@pytest.mark.parametrize("when", ["logs (live)", "logs"])
+@pytest.mark.parametrize("when", ["logs (paused)", "logs"])
 def test_logs_show_control_records_and_the_worker_log(flow: Flow, when: str) -> None:
-    """While the instance runs the worker log comes over SSH, afterwards from the store."""
+    """The paused attempt's worker log was copied to the store before its instance went."""
     text = flow.outputs[when]
     assert "control INFO jobs.supervise: sent training segment 1" in text
     worker_lines = [line for line in text.splitlines() if line.startswith("worker a1 local-")]
@@ -310,10 +339,12 @@ def leaks(text: str) -> list[str]:
 
 def test_the_secrets_were_in_the_run(flow: Flow) -> None:
     """The scans below mean something: the run did hold these secrets, where they belong."""
-    [instance_home] = (flow.home / "local-instances").glob("local-*/home")
-    assert FAKE_SECRETS["HF_TOKEN"] in (instance_home / "secrets.env").read_text()
-    assert TEST_PASSWORD in (instance_home / "worker.url").read_text()
-    assert (instance_home / "worker.url").stat().st_mode & 0o777 == 0o600
+    homes = sorted((flow.home / "local-instances").glob("local-*/home"))
+    assert len(homes) == 2  # attempt 1, paused by the drain, and attempt 2
+    for instance_home in homes:
+        assert FAKE_SECRETS["HF_TOKEN"] in (instance_home / "secrets.env").read_text()
+        assert TEST_PASSWORD in (instance_home / "worker.url").read_text()
+        assert (instance_home / "worker.url").stat().st_mode & 0o777 == 0o600
     assert flow.webhook  # delivered to the secret URL
 
 

@@ -92,13 +92,19 @@ def test_every_state_at_every_provider_then_nothing_left(
     foreign = launch(local, settings, "someone-elses-box")
     lambda_ours = lambda_api.add_instance("sf-swtd-0004-1")
     add_instance(store, on_lambda, lambda_ours, 0.75, 1.0, provider="lambda")
+    # Its segment trains on and never checkpoints (no GPU-side worker runs): it is lost.
+    store.update_attempt(on_lambda.job_id, 1, segment=2, segment_status="running")
     lambda_orphan = lambda_api.add_instance("sf-lost-1", status="booting")
     lambda_foreign = lambda_api.add_instance("their-training-run")
 
     code, report = teardown()
 
-    assert code == 1, report  # the training jobs had no control plane to checkpoint them
+    assert code == 1, report  # one training segment never checkpointed
     assert failed_steps(report) == ["checkpoint"]
+    [checkpoint] = [s for s in report["steps"] if s["name"] == "checkpoint"]
+    assert checkpoint["data"]["kept"] == {training.job_id: "step-0000000010"}
+    assert list(checkpoint["data"]["lost"]) == [on_lambda.job_id]
+    assert "after its start are lost" in checkpoint["detail"]
     assert [i.id for i in local.list(include_foreign=True)] == [foreign]
     running_at_lambda = [
         i.id for i in lambda_api.instances.values() if i.status not in ("terminating", "terminated")

@@ -1,0 +1,58 @@
+"""Cancelling a job names the checkpoint it keeps (or says there is none) and leaves finished or
+terminating jobs alone; stopping training waits for the segment in flight, and one that never
+checkpoints is reported lost, by job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import fakeredis
+import pytest
+
+from ops.steps import StepReport
+from ops.stopping import cancel_job, stop_training
+from queue_app.settings import Settings
+from queue_app.statemachine import JobState
+from queue_app.store import Store
+from tests.queue_app.records import make_sweep
+
+
+@pytest.fixture
+def fake_store() -> Store:
+    return Store(fakeredis.FakeRedis(decode_responses=True))
+
+
+def test_cancel_names_the_checkpoint_kept_or_says_there_is_none(fake_store: Store) -> None:
+    with_checkpoint, without, done = make_sweep(
+        fake_store, "sw", [JobState.TRAINING, JobState.BOOTING, JobState.TERMINATING]
+    )
+    fake_store.update_job(with_checkpoint.job_id, 1, latest_checkpoint="step-0000000193")
+
+    kept = cancel_job(fake_store, with_checkpoint.job_id, "torn down")
+    none = cancel_job(fake_store, without.job_id, "torn down")
+
+    assert kept is not None and kept.state is JobState.CANCELLED
+    assert kept.reason == "torn down; last checkpoint kept: step-0000000193"
+    assert kept.stop_requested == "cancel"
+    assert none is not None and none.reason == "torn down; no checkpoint was taken"
+    assert cancel_job(fake_store, done.job_id, "torn down") is None  # its work is done
+    assert cancel_job(fake_store, with_checkpoint.job_id, "again") is None
+
+
+def test_a_segment_that_never_checkpoints_is_reported_lost(
+    fake_store: Store, tmp_path: Path
+) -> None:
+    idle, stuck = make_sweep(fake_store, "sw", [JobState.TRAINING, JobState.TRAINING])
+    for job in (idle, stuck):
+        fake_store.start_first_attempt(job.job_id)
+    fake_store.update_job(idle.job_id, 1, latest_checkpoint="step-0000000010")
+    fake_store.update_attempt(idle.job_id, 1, segment=2, segment_status="done", pulled_segment=2)
+    fake_store.update_attempt(stuck.job_id, 1, segment=1, segment_status="running")
+
+    settings = Settings(home=tmp_path)
+    stop = stop_training(fake_store, settings, StepReport(None), "torn down", timeout_s=0.2)
+
+    assert stop.cancelled == {idle.job_id: "step-0000000010", stuck.job_id: ""}
+    assert list(stop.lost) == [stuck.job_id]
+    assert "the steps after its start are lost" in stop.lost[stuck.job_id]
+    assert {j.state for j in fake_store.jobs([idle.job_id, stuck.job_id])} == {JobState.CANCELLED}
