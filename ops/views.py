@@ -19,6 +19,7 @@ STATE_COLOURS = {
     "COST_CAPPED": "red",
     "CANCELLED": "magenta",
     "PREEMPTED": "yellow",
+    "PAUSED": "blue",
     "TRAINING": "cyan",
 }
 
