@@ -85,7 +85,10 @@ class Settings(BaseSettings):
         default=10 * 60, gt=0, description="How long bootstrap waits for the GPU-side worker."
     )
     watchdog_lock_ttl_s: float = Field(
-        default=300.0, gt=0, description="Expiry of the one-tick-at-a-time lock (a crashed tick's)."
+        default=30.0,
+        gt=0,
+        description="Expiry of the one-tick-at-a-time lock: renewed while a tick runs, so a "
+        "killed tick frees it this soon.",
     )
     watchdog_ssh_timeout_s: float = Field(
         default=10.0, gt=0, description="Liveness: connect + command timeout of one SSH probe."

@@ -1,7 +1,8 @@
-"""One watchdog tick: under a fleet-wide Redis lock (with expiry, so a crashed tick frees it),
-load the fleet once, ask each provider once, then run the checks in order. An instance that one
-check acted on is left alone by the later ones. A check that fails is reported and the others
-still run; every check is idempotent, so the next tick simply tries again."""
+"""One watchdog tick: under a fleet-wide Redis lock (renewed while the tick runs, so a killed
+tick frees it within its expiry), load the fleet once, ask each provider once, then run the checks
+in order. An instance that one check acted on is left alone by the later ones. A check that fails
+is reported and the others still run; every check is idempotent, so the next tick simply tries
+again."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ TICK_LEASE = "watchdog:tick"
 def run_tick(ctx: TickContext) -> TickReport:
     """Run one tick unless another one holds the lock (then the report says `skipped`)."""
     started = time.monotonic()
-    with ctx.store.lease(TICK_LEASE, ctx.settings.watchdog_lock_ttl_s) as held:
+    with ctx.store.lease(TICK_LEASE, ctx.settings.watchdog_lock_ttl_s, renew=True) as held:
         if not held:
             ctx.report.skipped = True
             log.info("watchdog tick skipped: another tick holds the lock")

@@ -168,7 +168,7 @@ def test_drain_across_a_control_worker_killed_and_restarted(
     plane: ControlPlane, fleet_assets: dict[str, Path], tmp_path: Path
 ) -> None:
     # The killed worker's messages come back, and the tick lock it may hold lapses, in seconds.
-    plane.env.update({"SAEFLEET_VISIBILITY_TIMEOUT_S": "20", "SAEFLEET_WATCHDOG_LOCK_TTL_S": "10"})
+    plane.env.update({"SAEFLEET_VISIBILITY_TIMEOUT_S": "20"})
     start_plane(plane)
     sweep_id = start_sweep(plane, tmp_path, fleet_assets, grid={}, **UNDONE_RUN)
     [job_id] = plane.store.sweep(sweep_id).job_ids
