@@ -23,8 +23,8 @@ from queue_app.processes import free_port
 from queue_app.settings import Settings
 from queue_app.state import InstanceState, JobState, Store
 from tests.queue_app.records import add_instance, make_sweep
+from tests.support import REPO
 from tests.support.fake_lambda import FakeLambda, running_fake_lambda
-from tests.support.fleet import REPO
 from tests.support.servers import require_sshd
 
 FAST = ["--checkpoint-timeout", "1", "--verify-timeout", "20"]

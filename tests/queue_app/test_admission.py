@@ -45,7 +45,7 @@ def test_submission_is_refused_while_drained_and_nothing_is_written(
     }
     spec = SweepSpec.model_validate({"name": "refused", "job": job})
     set_drained(store.r, "drain", {})
-    with pytest.raises(QueueDrained, match="drain --undo") as caught:
+    with pytest.raises(QueueDrained, match="drain --undo"):
         submit_sweep(spec, spec.expand(), store)
     assert store.sweep_ids() == []
     clear_drained(store.r)

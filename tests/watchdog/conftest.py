@@ -24,7 +24,7 @@ from queue_app.state import (
     Store,
     SweepRecord,
 )
-from tests.support.fleet import tiny_job
+from tests.support.sweeps import tiny_job
 from watchdog.context import TickContext
 from watchdog.fakes import FakeProvider
 from watchdog.probe import ProbeResult

@@ -45,7 +45,7 @@ from ops.cli import main
 from queue_app.settings import Settings
 from queue_app.state import JobState, Store
 from tests.queue_app.records import make_sweep
-from tests.support.fleet import REPO
+from tests.support import REPO
 
 FUZZ = hypothesis_settings(
     max_examples=40,

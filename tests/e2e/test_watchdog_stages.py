@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from queue_app.state import AttemptRecord, JobRecord, JobState, NotFoundError
-from tests.support.fleet import ControlPlane, write_sweep
-from tests.watchdog.e2e import LOST, start_plane
+from tests.e2e.harness import LOST, ControlPlane, start_plane
+from tests.support.sweeps import write_sweep
 
 pytestmark = [pytest.mark.slow, pytest.mark.sshd]
 
@@ -60,7 +60,7 @@ CASES: dict[str, list[Moment]] = {
 def test_preemption_during_each_stage_is_resumed(
     plane: ControlPlane, fleet_assets: dict[str, Path], tmp_path: Path
 ) -> None:
-    start_plane(plane, concurrency=6)
+    start_plane(plane, concurrency=6, quick_verdicts=True)
     sweep_file = write_sweep(
         tmp_path,
         fleet_assets,
