@@ -3,7 +3,9 @@ isolated SAEFLEET_HOME per test, the assets end-to-end jobs train on and a contr
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,17 @@ from tests.support.servers import private_redis, require_sshd
 from tests.support.sweeps import make_assets
 
 pytest_plugins = ["tests.e2e.report"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A SIGTERM (a `timeout`, a cancelled CI job) interrupts the run like Ctrl-C, so that the
+    fixtures still stop what they started: Redis, control planes, local instances."""
+    with contextlib.suppress(ValueError):  # not the main thread: leave the default
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture(scope="session")
