@@ -9,7 +9,6 @@ included, even when the test fails.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import re
@@ -321,6 +320,6 @@ def decoded_bodies(value: str) -> list[str]:
         return out
     for candidate in data if isinstance(data, list) else [data]:
         if isinstance(candidate, dict) and isinstance(candidate.get("body"), str):
-            with contextlib.suppress(ValueError):
+            with suppress(ValueError):
                 out.append(base64.b64decode(candidate["body"]).decode(errors="replace"))
     return out

@@ -174,7 +174,7 @@ def drive(plane: ControlPlane, seen: Flow, assets: dict[str, Path]) -> None:
     plane.stop("control")
     plane.start_control()
     # Undrained, the restarted worker would take supervise's next poll at once and move on.
-    wait_for("the next poll held in its queue", lambda: next_poll_queued(plane, job_id), 60)
+    wait_for("the next poll held in its queue", lambda: next_poll_queued(plane, job_id), 120)
     number, status = segment(plane, job_id)
     seen.segment_later = (number, status, str(plane.store.job(job_id).state))
     seen.status_after_restart = json_of(plane.run("queue", "drain", "--status", "--json"))

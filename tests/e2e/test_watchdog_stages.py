@@ -41,6 +41,9 @@ def collecting(job: JobRecord, attempt: AttemptRecord) -> bool:
     return job.state is JobState.TRAINING and done
 
 
+# Every moment lasts a second or more (a boot delay, a probe or an upload over SSH); six watchers
+# polling every 2 ms kept a core busy and, on a loaded machine, missed moments.
+POLL_S = 0.02
 # Cases whose kill happens with the control worker stopped (SIGSTOP, kill, SIGCONT), so that
 # the stage cannot finish between the moment being seen and the instance being dead.
 FROZEN = {"collect"}
@@ -122,7 +125,7 @@ def _watch(
             with _frozen(plane) if frozen else contextlib.nullcontext():
                 provider.preempt(record.instance_id)
             plan.pop(0)
-        time.sleep(0.002)
+        time.sleep(POLL_S)
 
 
 @contextlib.contextmanager
