@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,bench]'  # bench: sparsify and SAELens, which tests compare against
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -30,12 +30,15 @@ fmt: venv
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# pytest exits 5 when it collects no tests: that is not a failure of the code under test.
+# The suite runs on pytest-xdist workers, one per core (each with its own Redis and homes; the
+# end-to-end tests mostly wait on processes, so they overlap well); TEST_WORKERS=0 runs it in one
+# process. pytest exits 5 when it collects no tests: that is not a failure of the code under test.
+TEST_WORKERS ?= auto
 test: lint system-deps
-	@$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+	@$(VENV)/bin/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 test-fast: venv
-	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 demo: system-deps
 	$(VENV)/bin/saefleet demo

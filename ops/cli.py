@@ -47,6 +47,9 @@ app.add_typer(fleet_app, name="fleet")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 WideFlag = Annotated[bool, typer.Option("--wide", help="Every column and full ids.")]
+# The sweep loader reads the file and names what is wrong with it (missing, unreadable, not
+# UTF-8...) in our own message; click's own readability check would answer first in its words.
+SweepFile = Annotated[Path, typer.Argument(readable=False, show_default=False)]
 
 
 class BadInput(OpsError):
@@ -96,7 +99,7 @@ def down() -> None:
 
 @sweep_app.command("submit")
 def sweep_submit(
-    file: Path,
+    file: SweepFile,
     wait: Annotated[bool, typer.Option(help="Follow the sweep until it finishes.")] = False,
     force: Annotated[bool, typer.Option(help="Submit even when over budget.")] = False,
     json_out: JsonFlag = False,
@@ -270,7 +273,7 @@ def fleet_preempt(instance_id: str) -> None:
 
 
 @app.command()
-def plan(file: Path, json_out: JsonFlag = False) -> None:
+def plan(file: SweepFile, json_out: JsonFlag = False) -> None:
     """What a sweep would run on, and what it would cost (live prices or the dated catalog)."""
     from ops.cli_plan import plan_command
 

@@ -16,7 +16,7 @@ The fix: a channel whose transport was detached leaves its unacknowledged messag
 are, in Redis's unacked hash, and forgets them locally; the transport's visibility-timeout
 restore (`unacked_restore_interval`, see queue_app.celery_app) delivers them again, as it does
 for a worker that was killed, and the stages treat the repeat as a duplicate. Found by
-tests/faults/test_redis_restart.py.
+tests/e2e/test_faults_redis_restart.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
-"""Session-wide fixtures: a private Redis server, an isolated SAEFLEET_HOME per test."""
+"""Fixtures of every test: a private Redis server per session (per pytest-xdist worker), an
+isolated SAEFLEET_HOME per test, the assets end-to-end jobs train on and a control plane."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,15 +14,29 @@ import redis
 
 from queue_app.settings import Settings
 from queue_app.store import Store
-from tests.support.fleet import ControlPlane, control_plane, make_assets
+from tests.e2e.harness import ControlPlane, control_plane
 from tests.support.servers import private_redis, require_sshd
+from tests.support.sweeps import make_assets
+
+pytest_plugins = ["tests.e2e.report"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A SIGTERM (a `timeout`, a cancelled CI job) interrupts the run like Ctrl-C, so that the
+    fixtures still stop what they started: Redis, control planes, local instances."""
+    with contextlib.suppress(ValueError):  # not the main thread: leave the default
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a redis-server started for this test session on a free port."""
-    with private_redis(tmp_path_factory.mktemp("redis")) as url:
-        yield url
+    with private_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
 
 
 @pytest.fixture
@@ -30,9 +48,10 @@ def redis_url(redis_server: str) -> Iterator[str]:
     client.close()
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An isolated SAEFLEET_HOME."""
+    """An isolated SAEFLEET_HOME, for every test: none reads or writes the machine's, or
+    another test's (pytest-xdist runs tests side by side)."""
     path = tmp_path / "home"
     path.mkdir()
     monkeypatch.setenv("SAEFLEET_HOME", str(path))
@@ -54,8 +73,12 @@ def store(redis_url: str) -> Store:
 
 @pytest.fixture(scope="session")
 def fleet_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The tiny LM and synthetic PII corpus every end-to-end job trains on (made once)."""
-    return make_assets(tmp_path_factory.mktemp("assets"))
+    """The tiny LM and synthetic PII corpus every end-to-end job trains on (made once, shared by
+    the pytest-xdist workers of the run)."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's directory above each worker's own
+    return make_assets(shared / "assets")
 
 
 @pytest.fixture

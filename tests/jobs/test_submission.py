@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from queue_app.statemachine import JobState
-from tests.support.fleet import ControlPlane, write_sweep
+from tests.e2e.harness import ControlPlane
+from tests.support.sweeps import write_sweep
 
 
 def test_over_budget_is_refused_with_the_numbers_unless_forced(

@@ -14,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from ops.cli import app
-from tests.support.fleet import REPO
+from tests.support import REPO
 
 COMPOSE = REPO / "compose.yaml"
 SAEFLEET_SERVICES = {"control", "beat", "tunnels", "flower", "gpu-worker"}

@@ -17,7 +17,8 @@ import pytest
 from ops.flower import FlowerConfigError, credentials, is_loopback, prepare
 from queue_app.processes import cmdline, free_port, stop_process, wait_for_port
 from queue_app.settings import Settings
-from tests.support.fleet import REPO, ControlPlane
+from tests.e2e.harness import ControlPlane
+from tests.support import REPO
 
 
 def test_loopback_addresses() -> None:

@@ -25,8 +25,8 @@ from queue_app.settings import Settings
 from queue_app.statemachine import InstanceState, JobState
 from queue_app.store import Store
 from tests.queue_app.records import add_instance, make_sweep
+from tests.support import REPO
 from tests.support.fake_lambda import FakeLambda, running_fake_lambda
-from tests.support.fleet import REPO
 from tests.support.servers import require_sshd
 
 FAST = ["--checkpoint-timeout", "1", "--verify-timeout", "20"]

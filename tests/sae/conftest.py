@@ -1,5 +1,5 @@
-"""Fixtures: the tiny LM and synthetic corpus (made once per session by the package itself) and
-tiny run configs that train in seconds on CPU."""
+"""Fixtures: the tiny LM (shared with the end-to-end tests) and a synthetic corpus, made once per
+run by the package itself, and tiny run configs that train in seconds on CPU."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import torch
 
 from sae.config import RunConfig
 from sae.corpus import write_corpus
-from sae.tiny_lm import make_tiny_lm
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -25,8 +24,9 @@ def one_torch_thread() -> Any:
 
 
 @pytest.fixture(scope="session")
-def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_lm(tmp_path_factory.mktemp("tiny-lm"))
+def tiny_lm(fleet_assets: dict[str, Path]) -> Path:
+    """The tiny LM the end-to-end jobs train on too (made once per run)."""
+    return fleet_assets["model"]
 
 
 @pytest.fixture(scope="session")

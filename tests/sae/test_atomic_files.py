@@ -19,13 +19,13 @@ def test_write_replaces_the_file_whole(tmp_path: Path) -> None:
 
 
 def test_a_failed_write_leaves_the_old_content(tmp_path: Path) -> None:
-    path = tmp_path / "instance.json"
+    path = tmp_path / "records" / "instance.json"
     write_atomic(path, "old", durable=False)
     with pytest.raises(RuntimeError), atomic_writer(path) as handle:
         handle.write(b"half of the new")
         raise RuntimeError("the writer died")
     assert path.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["instance.json"]
+    assert [p.name for p in path.parent.iterdir()] == ["instance.json"]
 
 
 def test_the_new_file_gets_the_mode_asked_for(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -19,11 +20,13 @@ def test_bench_row_has_a_ratio_per_measured_reference():
 
 
 def test_json_output_parses_even_when_a_reference_library_prints():
+    # One OpenMP thread: two spinning on a busy 2-core machine made this run 4x slower (measured).
     proc = subprocess.run(
         [sys.executable, "-m", "sae", "bench", "--quick", "--json", "--steps", "1"],
         capture_output=True,
         text=True,
         check=True,
         timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert set(json.loads(proc.stdout)) == {"machine", "sizes", "loss_match", "extraction"}

@@ -27,8 +27,7 @@ def test_tiny_run_trains_checkpoints_and_writes_final(make_config, tmp_path):
     progress = []
     run = TrainingRun(make_config(), tmp_path)
     result = run.train(on_progress=progress.append, heartbeat_path=tmp_path / "hb.json")
-    assert isinstance(result, SegmentResult)
-    json.dumps(result.model_dump())
+    assert SegmentResult.model_validate(json.loads(json.dumps(result.model_dump()))) == result
     assert result.done and not result.stopped and not result.early_stopped
     assert result.tokens == 16384 and result.step == 32
     assert verify_checkpoint(result.checkpoint)

@@ -660,8 +660,14 @@ def test_from_settings_reads_the_key_from_the_environment_or_a_file(
     assert KEY not in repr(from_file)
     with pytest.raises(AuthError, match="cannot read"):
         from_settings(Settings(lambda_api_key_file=tmp_path / "missing"))
-    monkeypatch.setenv("LAMBDA_API_KEY", "from-env")
-    assert from_settings(Settings(lambda_api_key_file=tmp_path / "missing")) is not None
+    with running_fake_lambda(api_key="from-env") as api:
+        api.add_instance("sf-env-1")
+        monkeypatch.setenv("LAMBDA_API_KEY", "from-env")
+        unreadable = Settings(
+            lambda_api_key_file=tmp_path / "missing", lambda_base_url=api.base_url
+        )
+        from_env = from_settings(unreadable)  # the environment wins: the file is never read
+        assert [i.name for i in from_env.list()] == ["sf-env-1"]  # authenticated with its key
 
 
 def test_an_empty_key_is_refused() -> None:

@@ -28,6 +28,7 @@ from jobs.ssh import SSHConnectError, SSHSession
 from jobs.ssh_connect import connect
 from queue_app.processes import pid_alive
 from tests.jobs.conftest import LaunchLocal, TargetFor
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.sshd
 
@@ -56,6 +57,11 @@ def wait_dead(pid: int, timeout_s: float = 5.0) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+def active(provider: LocalProvider, instance_id: str) -> Instance | None:
+    instance = provider.get(instance_id)
+    return instance if instance.status is InstanceStatus.ACTIVE else None
 
 
 def test_instance_types_offer_one_cpu_type_with_a_spot_discount(tmp_path: Path) -> None:
@@ -119,11 +125,12 @@ def test_booting_until_the_boot_delay_has_passed(
     launch_local: LaunchLocal, make_local_provider: Callable[..., LocalProvider]
 ) -> None:
     provider = make_local_provider(boot_delay_s=0.5)
+    launching = time.monotonic()
     instance = launch_local(provider=provider)
     assert (instance.status, instance.host) == (InstanceStatus.BOOTING, None)
-    time.sleep(0.6)
-    ready = provider.get(instance.id)
-    assert (ready.status, ready.host) == (InstanceStatus.ACTIVE, "127.0.0.1")
+    ready = wait_for("the instance to boot", lambda: active(provider, instance.id), 10)
+    assert time.monotonic() - launching >= 0.5
+    assert ready.host == "127.0.0.1"
 
 
 def test_spot_instances_record_the_spot_price(
@@ -230,17 +237,20 @@ def test_spot_instances_are_preempted_on_their_schedule(
     make_local_provider: Callable[..., LocalProvider],
     ssh_target_for: TargetFor,
 ) -> None:
-    lifetime_s = 1.0
+    lifetime_s = 2.0
     # the delay scales as 1/rate: pick the rate that preempts this name after `lifetime_s`
     provider = make_local_provider(preempt_rate=preemption_delay_s("sf-spot-1", 1.0) / lifetime_s)
+    launching = time.monotonic()
+    launching = time.monotonic()
     spot = launch_local("sf-spot-1", provider=provider, capacity="spot")
     on_demand = launch_local("sf-od-1", provider=provider)
     with connect(ssh_target_for(spot)) as session:
         worker = start_detached_sleep(session, spot.workdir)
     assert provider.get(spot.id).status is InstanceStatus.ACTIVE
-    time.sleep(lifetime_s)
+    preempted = lambda: provider.get(spot.id).status is InstanceStatus.PREEMPTED  # noqa: E731
+    wait_for("the spot instance to be preempted", preempted, 10)
+    assert time.monotonic() - launching >= lifetime_s
     assert [i.id for i in provider.list()] == [on_demand.id]
-    assert provider.get(spot.id).status is InstanceStatus.PREEMPTED
     assert wait_dead(worker)
     assert provider.get(on_demand.id).status is InstanceStatus.ACTIVE
 

@@ -13,7 +13,7 @@ import pytest
 
 from ops.bench.runner import STAGE_RATIO_TARGET, SUBMIT_TARGET_S, report, verdicts
 from queue_app.processes import cmdline
-from tests.support.fleet import REPO
+from tests.support import REPO
 
 
 def _summary(median: float) -> dict[str, Any]:

@@ -12,7 +12,8 @@ import safetensors.torch
 
 from jobs.checkpoints import verify_pulled_checkpoint
 from queue_app.statemachine import InstanceState, JobState
-from tests.support.fleet import ControlPlane, write_sweep
+from tests.e2e.harness import ControlPlane
+from tests.support.sweeps import write_sweep
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,13 @@ import pytest
 
 from jobs.checkpoints import verify_pulled_checkpoint
 from queue_app.statemachine import InstanceState, JobState
-from tests.support.fleet import ControlPlane, write_sweep
-from tests.watchdog.e2e import LONG_RUN, pulled_checkpoint_while_training, start_plane, wait_for
+from tests.e2e.harness import (
+    LONG_RUN,
+    ControlPlane,
+    start_plane,
+    submit_one_job,
+    wait_pulled_checkpoint,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.sshd]
 
@@ -21,21 +26,16 @@ def test_cost_cap_mid_training_stops_keeps_the_checkpoint_and_terminates(
 ) -> None:
     # $1 a second against a $5 cap: breached long before training starts, and acted on once
     # beat runs, which this test starts only after the first checkpoint was pulled.
-    start_plane(plane, beat=False)
-    sweep_file = write_sweep(
+    start_plane(plane, beat=False, quick_verdicts=True)
+    sweep_id, job_id = submit_one_job(
+        plane,
         tmp_path,
         fleet_assets,
         provider={"name": "local", "price_per_hour": 3600.0},
         max_cost_usd=5,
         **LONG_RUN,
     )
-    sweep_id = plane.submit(sweep_file)
-    [job_id] = [j.job_id for j in plane.store.sweep_jobs(sweep_id)]
-    wait_for(
-        "a pulled checkpoint",
-        lambda: pulled_checkpoint_while_training(plane.store, job_id),
-        timeout_s=240,
-    )
+    wait_pulled_checkpoint(plane, job_id)
     plane.start_beat(interval_s=1.0)
 
     sweep = plane.wait_sweep(sweep_id, timeout_s=180)

@@ -19,8 +19,9 @@ import pytest
 
 from queue_app.records import JobRecord
 from queue_app.statemachine import InstanceState, JobState
-from tests.support.fleet import ControlPlane, write_sweep
-from tests.watchdog.e2e import LONG_RUN, pulled_checkpoint_while_training, start_plane, wait_for
+from tests.e2e.harness import LONG_RUN, ControlPlane, pulled_checkpoint_while_training, start_plane
+from tests.support.sweeps import write_sweep
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.sshd]
 
@@ -96,7 +97,7 @@ def kept_steps(jobs: list[JobRecord]) -> dict[str, int]:
 def test_drain_then_teardown_keeps_every_checkpoint_in_seconds(
     plane: ControlPlane, fleet_assets: dict[str, Path], tmp_path: Path
 ) -> None:
-    start_plane(plane)
+    start_plane(plane, quick_verdicts=True)
     sweep_id = start_sweep(plane, tmp_path, fleet_assets, **LONG_RUN)
 
     code, drained, drain_s = ops(plane, "queue", "drain")
@@ -116,7 +117,7 @@ def test_drain_then_teardown_keeps_every_checkpoint_in_seconds(
 def test_drain_then_undo_resumes_every_job_and_the_sweep_finishes(
     plane: ControlPlane, fleet_assets: dict[str, Path], tmp_path: Path
 ) -> None:
-    start_plane(plane)
+    start_plane(plane, quick_verdicts=True)
     sweep_id = start_sweep(plane, tmp_path, fleet_assets, **UNDONE_RUN)
 
     code, drained, drain_s = ops(plane, "queue", "drain", "--wait", "120")
@@ -150,7 +151,7 @@ def test_drain_then_undo_resumes_every_job_and_the_sweep_finishes(
 def test_teardown_mid_segment_keeps_the_segment(
     plane: ControlPlane, fleet_assets: dict[str, Path], tmp_path: Path
 ) -> None:
-    start_plane(plane)
+    start_plane(plane, quick_verdicts=True)
     sweep_id = start_sweep(plane, tmp_path, fleet_assets, grid={}, **LONG_RUN)
     [job_id] = plane.store.sweep(sweep_id).job_ids
     pulled_before = step_of(plane.store.job(job_id).latest_checkpoint)
@@ -169,7 +170,7 @@ def test_drain_across_a_control_worker_killed_and_restarted(
 ) -> None:
     # The killed worker's messages come back, and the tick lock it may hold lapses, in seconds.
     plane.env.update({"SAEFLEET_VISIBILITY_TIMEOUT_S": "20"})
-    start_plane(plane)
+    start_plane(plane, quick_verdicts=True)
     sweep_id = start_sweep(plane, tmp_path, fleet_assets, grid={}, **UNDONE_RUN)
     [job_id] = plane.store.sweep(sweep_id).job_ids
 

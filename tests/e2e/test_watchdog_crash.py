@@ -14,28 +14,30 @@ from pathlib import Path
 import pytest
 
 from queue_app.statemachine import JobState
-from tests.support.fleet import ControlPlane, write_sweep
-from tests.watchdog.e2e import LONG_RUN, pulled_checkpoint_while_training, start_plane, wait_for
+from tests.e2e.harness import (
+    LONG_RUN,
+    ControlPlane,
+    start_plane,
+    submit_one_job,
+    wait_pulled_checkpoint,
+)
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.sshd]
+
+DOWN_S = 3.0  # the control plane stays down this long, as after a crash of its machine
 
 
 def test_control_plane_crash_converges(
     plane: ControlPlane, fleet_assets: dict[str, Path], tmp_path: Path
 ) -> None:
-    start_plane(plane)
-    sweep_file = write_sweep(tmp_path, fleet_assets, **LONG_RUN)
-    sweep_id = plane.submit(sweep_file)
-    [job_id] = [j.job_id for j in plane.store.sweep_jobs(sweep_id)]
-    wait_for(
-        "a pulled checkpoint",
-        lambda: pulled_checkpoint_while_training(plane.store, job_id),
-        timeout_s=240,
-    )
+    start_plane(plane, quick_verdicts=True)
+    sweep_id, job_id = submit_one_job(plane, tmp_path, fleet_assets, **LONG_RUN)
+    wait_pulled_checkpoint(plane, job_id)
     for name in ("beat", "control", "tunnels"):
         plane.stop(name, kill=True)
-    time.sleep(3)
-    start_plane(plane)
+    time.sleep(DOWN_S)
+    start_plane(plane, quick_verdicts=True)
 
     sweep = plane.wait_sweep(sweep_id, timeout_s=300)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from queue_app.records import JobRecord
-from tests.faults.harness import BEAT_INTERVAL_S, run_scenario, start_plane
-from tests.support.fleet import ControlPlane
+from tests.e2e.faults import run_scenario
+from tests.e2e.harness import BEAT_INTERVAL_S, ControlPlane, start_plane
 
 pytestmark = [pytest.mark.slow, pytest.mark.sshd]
 

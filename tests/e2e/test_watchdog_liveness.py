@@ -11,8 +11,13 @@ import pytest
 
 from jobs.remote import layout_for
 from queue_app.statemachine import JobState
-from tests.support.fleet import ControlPlane, write_sweep
-from tests.watchdog.e2e import LONG_RUN, pulled_checkpoint_while_training, start_plane, wait_for
+from tests.e2e.harness import (
+    LONG_RUN,
+    ControlPlane,
+    start_plane,
+    submit_one_job,
+    wait_pulled_checkpoint,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.sshd]
 
@@ -20,15 +25,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.sshd]
 def test_killed_gpu_worker_is_detected_and_resumed(
     plane: ControlPlane, fleet_assets: dict[str, Path], tmp_path: Path
 ) -> None:
-    start_plane(plane)
-    sweep_file = write_sweep(tmp_path, fleet_assets, **LONG_RUN)
-    sweep_id = plane.submit(sweep_file)
-    [job_id] = [j.job_id for j in plane.store.sweep_jobs(sweep_id)]
-    wait_for(
-        "a pulled checkpoint",
-        lambda: pulled_checkpoint_while_training(plane.store, job_id),
-        timeout_s=240,
-    )
+    start_plane(plane, quick_verdicts=True)
+    sweep_id, job_id = submit_one_job(plane, tmp_path, fleet_assets, **LONG_RUN)
+    wait_pulled_checkpoint(plane, job_id)
     instance = plane.store.instance(plane.store.attempt(job_id, 1).instance_id or "")
     worker_pid = int(Path(layout_for(instance).worker_pid).read_text())
     os.kill(worker_pid, signal.SIGKILL)

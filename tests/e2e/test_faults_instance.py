@@ -14,8 +14,8 @@ import pytest
 from jobs.remote import layout_for
 from queue_app.records import JobRecord
 from sae.checkpoint import STATE
-from tests.faults.harness import instance_of, pulled_checkpoints, run_scenario, start_plane
-from tests.support.fleet import ControlPlane
+from tests.e2e.faults import instance_of, pulled_checkpoints, run_scenario
+from tests.e2e.harness import ControlPlane, start_plane
 
 pytestmark = [pytest.mark.slow, pytest.mark.sshd]
 

@@ -14,13 +14,9 @@ The flow runs once per module (it takes a minute or two); each test asserts on w
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import json
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,17 +25,22 @@ from typing import Any
 import pytest
 import redis
 
+from jobs.pipeline import stage_task_name
 from queue_app.celery_app import CONTROL_QUEUE, WATCHDOG_QUEUE
 from queue_app.processes import free_port
 from queue_app.records import JobRecord, SweepRecord
 from queue_app.statemachine import INSTANCE_STATES, JobState
-from tests.support.fleet import REPO, ControlPlane, control_plane, write_sweep
+from tests.e2e.harness import ControlPlane, control_plane, decoded_bodies, queued_messages
 from tests.support.servers import TEST_PASSWORD, require_sshd
+from tests.support.sweeps import write_sweep
+from tests.support.waiting import wait_for
 from tests.support.webhook import running_webhook
 
-pytestmark = pytest.mark.slow
+# The flow runs once per module: its tests stay together on one pytest-xdist worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("operations_flow")]
 
 FLOW_TOKENS, FLOW_BATCH_TOKENS = 131_072, 512  # the tiny job trains 512 tokens a step
+SUPERVISE = stage_task_name("supervise_training")
 WEBHOOK_TOKEN = "xoxFAKEwebhookToken0123456789"
 FAKE_SECRETS = {
     "HF_TOKEN": "hf_FakeHuggingFaceToken0123456789abcd",
@@ -60,9 +61,8 @@ class RedisSampler:
 
     def run(self) -> None:
         client = redis.Redis.from_url(self.url, decode_responses=True)
-        while not self.stop.is_set():
+        while not self.stop.wait(0.3):
             self.sample(client)
-            time.sleep(0.3)
         self.sample(client)
 
     def sample(self, client: redis.Redis) -> None:
@@ -83,23 +83,6 @@ class RedisSampler:
             for value in values:
                 self.seen.add(value)
                 self.seen.update(decoded_bodies(value))
-
-
-def decoded_bodies(value: str) -> list[str]:
-    """The base64 bodies of kombu messages found in `value` (task args and kwargs)."""
-    out: list[str] = []
-    start = value.find("{")
-    if start < 0:
-        return out
-    try:
-        data = json.loads(value[start:])
-    except ValueError:
-        return out
-    for candidate in data if isinstance(data, list) else [data]:
-        if isinstance(candidate, dict) and isinstance(candidate.get("body"), str):
-            with contextlib.suppress(ValueError):
-                out.append(base64.b64decode(candidate["body"]).decode(errors="replace"))
-    return out
 
 
 @dataclass
@@ -127,18 +110,6 @@ class Flow:
     redis_seen: set[str] = field(default_factory=set)
 
 
-def run(plane: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ops.cli", *args],
-        check=False,
-        env=plane.env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-
-
 def json_of(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     assert proc.returncode == 0, f"{proc.args[3:]} exited {proc.returncode}: {proc.stdout}"
     return dict(json.loads(proc.stdout))
@@ -160,11 +131,10 @@ def training_after_a_segment(plane: ControlPlane, job_id: str) -> bool:
     return number >= 2 and status == "running"
 
 
-def wait_for(what: str, check: Any, timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+def next_poll_queued(plane: ControlPlane, job_id: str) -> bool:
+    """supervise_training's next poll of the job waits in the control queue, undelivered."""
+    polls = [m for m in queued_messages(plane.store.r, CONTROL_QUEUE) if SUPERVISE in m]
+    return any(job_id in m for m in polls)
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +160,7 @@ def flow(
         thread.start()
         try:
             drive(plane, seen, fleet_assets)
-            wait_for("the sweep-finished notification", lambda: len(hook.bodies()) > 0, 30)
+            wait_for("the sweep-finished notification", hook.bodies, 30)
             seen.webhook = hook.bodies()
         finally:
             sampler.stop.set()
@@ -216,21 +186,22 @@ def drive(plane: ControlPlane, seen: Flow, assets: dict[str, Path]) -> None:
     [seen.job_id] = plane.store.sweep(seen.sweep_id).job_ids
     job_id = seen.job_id
     wait_for("a second segment to train", lambda: training_after_a_segment(plane, job_id), 240)
-    seen.drain = json_of(run(plane, "queue", "drain", "--wait", "120", "--json"))
+    seen.drain = json_of(plane.run("queue", "drain", "--wait", "120", "--json"))
     seen.segment_after_wait = segment(plane, job_id)
     seen.paused = plane.store.job(job_id)
     seen.instances_when_drained = plane.running_instances()
-    seen.refused = run(plane, "sweep", "submit", str(sweep_file))
-    time.sleep(2.0)  # undrained, the job would resume and train again within 1 s
-    number, status = segment(plane, job_id)
-    seen.segment_later = (number, status, str(plane.store.job(job_id).state))
+    seen.refused = plane.run("sweep", "submit", str(sweep_file))
     plane.stop("control")
     plane.start_control()
-    seen.status_after_restart = json_of(run(plane, "queue", "drain", "--status", "--json"))
-    seen.status_json = json_of(run(plane, "status", "--json"))
-    paused_logs = run(plane, "logs", job_id, "-n", "200")  # kept when the job was paused
+    # Undrained, the restarted worker would take supervise's next poll at once and resume the job.
+    wait_for("the next poll held in its queue", lambda: next_poll_queued(plane, job_id), 120)
+    number, status = segment(plane, job_id)
+    seen.segment_later = (number, status, str(plane.store.job(job_id).state))
+    seen.status_after_restart = json_of(plane.run("queue", "drain", "--status", "--json"))
+    seen.status_json = json_of(plane.run("status", "--json"))
+    paused_logs = plane.run("logs", job_id, "-n", "200")  # kept when the job was paused
     seen.outputs["logs (paused)"] = paused_logs.stdout + paused_logs.stderr
-    seen.undo = json_of(run(plane, "queue", "drain", "--undo", "--json"))
+    seen.undo = json_of(plane.run("queue", "drain", "--undo", "--json"))
     seen.sweep = plane.wait_sweep(seen.sweep_id, timeout_s=240)
     seen.jobs = plane.store.sweep_jobs(seen.sweep_id)
     seen.attempts_resumed_from = [a.resume_from for a in plane.store.attempts(job_id)]
@@ -241,7 +212,7 @@ def drive(plane: ControlPlane, seen: Flow, assets: dict[str, Path]) -> None:
         "job show": ("job", "show", job_id, "--json"),
         "fleet list": ("fleet", "list", "--all", "--json"),
     }.items():
-        proc = run(plane, *args)
+        proc = plane.run(*args)
         assert proc.returncode == 0, f"{args}: {proc.stderr}"
         seen.outputs[name] = proc.stdout + proc.stderr
     seen.outputs["drain"] = json.dumps(seen.drain)
@@ -351,7 +322,7 @@ def test_the_secrets_were_in_the_run(flow: Flow) -> None:
 def test_no_secret_in_redis_or_task_messages(flow: Flow) -> None:
     assert len(flow.redis_seen) > 100  # the sampler saw the run
     # Task messages were read: supervise_training's next poll waited in Redis through the drain.
-    assert any("saefleet.stage.supervise_training" in v for v in flow.redis_seen)
+    assert any(SUPERVISE in v for v in flow.redis_seen)
     found = {value[:120]: leaks(value) for value in flow.redis_seen if leaks(value)}
     assert found == {}
 

@@ -16,11 +16,10 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 
@@ -29,50 +28,17 @@ from jobs.remote import layout_for
 from queue_app.records import JobRecord, SweepRecord
 from queue_app.statemachine import TERMINAL_STATES, InstanceState, JobState
 from sae.checkpoint import list_checkpoints, verify_checkpoint
-from tests.support.fleet import ControlPlane, write_sweep
-
-T = TypeVar("T")
+from tests.e2e.harness import ControlPlane
+from tests.e2e.report import Row, scenario
+from tests.support.sweeps import write_sweep
+from tests.support.waiting import wait_for
 
 JOBS = 3
-BEAT_INTERVAL_S = 1.0
 SWEEP_TIMEOUT_S = 420.0
 # 128 steps in segments of at most 0.3 s: several pulled checkpoints per job however fast the
 # machine trains (three jobs share two cores), so a fault can strike mid-training.
 TOKENS_PER_JOB = 65_536
 SEGMENT_MINUTES = 0.005
-# The watchdog notices a lost instance within a few seconds (the control worker and beat
-# read these; the defaults are tuned for real clouds).
-FAST_WATCHDOG = {
-    "SAEFLEET_WATCHDOG_LIVENESS_MISSES": "2",
-    "SAEFLEET_WATCHDOG_SSH_TIMEOUT_S": "3",
-    "SAEFLEET_WATCHDOG_ORPHAN_GRACE_S": "5",
-}
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float, every_s: float = 0.1) -> T:
-    """Poll `probe` until it returns something truthy; TimeoutError naming `what` after."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = probe()
-        except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError):
-            value = None  # Redis restarting
-        if value:
-            return value
-        time.sleep(every_s)
-    raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-
-
-def start_plane(plane: ControlPlane, *, beat: bool = True, app: str | None = None) -> None:
-    """Control worker (4 processes), tunnel service and beat ticking every second."""
-    plane.env.update(FAST_WATCHDOG)
-    if app:
-        plane.start_control(concurrency=4, app=app)
-    else:
-        plane.start_control(concurrency=4)
-    plane.start_tunnels()
-    if beat:
-        plane.start_beat(interval_s=BEAT_INTERVAL_S)
 
 
 def submit_sweep(
@@ -173,20 +139,6 @@ def instance_of(plane: ControlPlane, job: JobRecord) -> str:
 
 
 @dataclass
-class Row:
-    """One line of the fault report."""
-
-    scenario: str
-    outcome: str = "did not run"
-    converge_s: float | None = None
-    steps_lost: int | None = None
-    preemptions: int | None = None
-    attempts: int | None = None
-    sweep_s: float | None = None
-    note: str = ""
-
-
-@dataclass
 class Converged:
     sweep: SweepRecord
     jobs: list[JobRecord]
@@ -199,7 +151,8 @@ def converge(
     watch: Watch,
     expect: JobState = JobState.SUCCEEDED,
 ) -> Converged:
-    """Wait for the sweep to finish and the fleet to be empty, then check every promise."""
+    """Wait for the sweep to finish, the fleet to be empty and no message about the sweep to be
+    left in Redis, then check every promise."""
     store = plane.store
     wait_for(
         f"sweep {sweep_id} to finalize",
@@ -209,7 +162,7 @@ def converge(
     )
     wait_for("no instance left at the provider", lambda: not plane.running_instances(), 120)
     converged_at = time.time()
-    time.sleep(2)  # a late duplicate of the finalizer would show up by now
+    plane.wait_settled(sweep_id)  # whatever could run the finalizer again has run
     sweep = store.sweep(sweep_id)
     jobs = store.sweep_jobs(sweep_id)
     assert sweep.finalize_runs == 1, f"finalize_sweep ran {sweep.finalize_runs} times"
@@ -278,52 +231,9 @@ def run_scenario(
         return done
 
 
-# ---- the report ----------------------------------------------------------------------------------
-
-ROWS: list[Row] = []
-
-
-@contextmanager
-def scenario(name: str) -> Iterator[Row]:
-    """Record one scenario's row, also when it fails (the failure becomes its outcome)."""
-    row = Row(scenario=name)
-    ROWS.append(row)
-    try:
-        yield row
-    except BaseException as exc:
-        row.outcome = f"did not converge: {type(exc).__name__}: {str(exc)[:300]}"
-        raise
-    row.outcome = "converged"
-
-
 def record(row: Row, plane: ControlPlane, watch: Watch, done: Converged, fault_at: float) -> None:
     row.converge_s = round(done.converged_at - fault_at, 1)
     row.steps_lost = steps_lost(plane, watch, done.jobs)
     row.preemptions = sum(j.preemptions for j in done.jobs)
     row.attempts = sum(j.attempt for j in done.jobs)
     row.sweep_s = round(done.converged_at - done.sweep.created_at, 1)
-
-
-def report_lines() -> list[str]:
-    lines = [
-        f"{'scenario':34} {'outcome':12} {'converge s':>10} {'steps lost':>10} "
-        f"{'preempt':>7} {'attempts':>8} {'sweep s':>8}"
-    ]
-    for row in ROWS:
-        outcome = "converged" if row.outcome == "converged" else "FAILED"
-        lines.append(
-            f"{row.scenario:34} {outcome:12} {_n(row.converge_s):>10} {_n(row.steps_lost):>10} "
-            f"{_n(row.preemptions):>7} {_n(row.attempts):>8} {_n(row.sweep_s):>8}"
-            + (f"  {row.note}" if row.note else "")
-        )
-        if outcome != "converged":
-            lines.append(f"    {row.outcome}")
-    return lines
-
-
-def report_json() -> str:
-    return json.dumps([asdict(row) for row in ROWS], indent=2)
-
-
-def _n(value: Any) -> str:
-    return "-" if value is None else str(value)

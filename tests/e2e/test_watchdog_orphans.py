@@ -10,14 +10,14 @@ import pytest
 from jobs.instances import fleet_keypair
 from jobs.providers import LaunchRequest
 from jobs.providers.local import INSTANCE_TYPE, REGION
-from tests.support.fleet import ControlPlane
-from tests.watchdog.e2e import start_plane, wait_for
+from tests.e2e.harness import ControlPlane, start_plane
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.sshd]
 
 
 def test_orphan_created_outside_any_job_is_reaped(plane: ControlPlane, tmp_path: Path) -> None:
-    start_plane(plane)
+    start_plane(plane, quick_verdicts=True)
     provider = plane.local_provider()
     _, public_key = fleet_keypair(plane.settings)
 

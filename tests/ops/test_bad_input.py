@@ -47,7 +47,7 @@ from queue_app.settings import Settings
 from queue_app.statemachine import JobState
 from queue_app.store import Store
 from tests.queue_app.records import make_sweep
-from tests.support.fleet import REPO
+from tests.support import REPO
 
 FUZZ = hypothesis_settings(
     max_examples=40,
@@ -483,12 +483,17 @@ def test_unreadable_files(tmp_path: Path, store: Store) -> None:
         assert_refused(outcome, store, f"error: {path}: ", message)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_a_file_without_read_permission(tmp_path: Path, store: Store) -> None:
+def test_a_file_without_read_permission(tmp_path: Path, settings: Settings, store: Store) -> None:
     path = tmp_path / "secret.yaml"
     path.write_text("name: x\n")
     path.chmod(0)
-    assert_refused(saefleet("sweep", "submit", str(path)), store, "cannot read: Permission denied")
+    # Root reads any file: run the command as root without the capabilities that allow that.
+    as_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    proc = run_saefleet(settings, "sweep", "submit", str(path), wrap=as_user)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"error: {path}: ") and "Traceback" not in proc.stderr
+    assert "cannot read: Permission denied" in proc.stderr and proc.stdout == ""
+    assert store.r.dbsize() == 0
 
 
 # ---- ids that do not exist, requests that cannot be done -----------------------------------------
@@ -548,13 +553,16 @@ def test_teardown_with_nothing_running(settings: Settings, store: Store) -> None
 # ---- the real command ----------------------------------------------------------------------------
 
 
-def run_saefleet(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+def run_saefleet(
+    settings: Settings, *args: str, wrap: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The console script's command in a subprocess (`wrap`: a command line to run it under)."""
     env = {
         **os.environ,
         "SAEFLEET_HOME": str(settings.home),
         "SAEFLEET_REDIS_URL": settings.broker_url,
     }
-    argv = [sys.executable, "-m", "ops.cli", *args]
+    argv = [*(wrap or []), sys.executable, "-m", "ops.cli", *args]
     return subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, check=False)
 
 

@@ -13,14 +13,15 @@ import safetensors.torch
 import torch
 
 from queue_app.statemachine import JobState
-from tests.support.fleet import ControlPlane, write_sweep
-from tests.watchdog.e2e import (
+from tests.e2e.harness import (
     LONG_RUN,
     LOST,
+    ControlPlane,
     pulled_checkpoint_while_training,
     start_plane,
-    wait_for,
 )
+from tests.support.sweeps import write_sweep
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.sshd]
 
@@ -28,7 +29,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.sshd]
 def test_preempted_during_training_resumes_from_newest_checkpoint(
     plane: ControlPlane, fleet_assets: dict[str, Path], tmp_path: Path
 ) -> None:
-    start_plane(plane)
+    start_plane(plane, quick_verdicts=True)
     sweep_file = write_sweep(tmp_path, fleet_assets, grid={"train.seed": [0, 0]}, **LONG_RUN)
     sweep_id = plane.submit(sweep_file)
     victim, twin = (j.job_id for j in plane.store.sweep_jobs(sweep_id))

@@ -18,8 +18,8 @@ import pytest
 from queue_app.errors import NotFoundError
 from queue_app.records import AttemptRecord, JobRecord
 from queue_app.statemachine import JobState
-from tests.support.fleet import ControlPlane, write_sweep
-from tests.watchdog.e2e import LOST, start_plane
+from tests.e2e.harness import LOST, ControlPlane, start_plane
+from tests.support.sweeps import write_sweep
 
 pytestmark = [pytest.mark.slow, pytest.mark.sshd]
 
@@ -43,6 +43,9 @@ def collecting(job: JobRecord, attempt: AttemptRecord) -> bool:
     return job.state is JobState.TRAINING and done
 
 
+# Every moment lasts a second or more (a boot delay, a probe or an upload over SSH); six watchers
+# polling every 2 ms kept a core busy and, on a loaded machine, missed moments.
+POLL_S = 0.02
 # Cases whose kill happens with the control worker stopped (SIGSTOP, kill, SIGCONT), so that
 # the stage cannot finish between the moment being seen and the instance being dead.
 FROZEN = {"collect"}
@@ -62,7 +65,7 @@ CASES: dict[str, list[Moment]] = {
 def test_preemption_during_each_stage_is_resumed(
     plane: ControlPlane, fleet_assets: dict[str, Path], tmp_path: Path
 ) -> None:
-    start_plane(plane, concurrency=6)
+    start_plane(plane, concurrency=6, quick_verdicts=True)
     sweep_file = write_sweep(
         tmp_path,
         fleet_assets,
@@ -124,7 +127,7 @@ def _watch(
             with _frozen(plane) if frozen else contextlib.nullcontext():
                 provider.preempt(record.instance_id)
             plan.pop(0)
-        time.sleep(0.002)
+        time.sleep(POLL_S)
 
 
 @contextlib.contextmanager

@@ -10,47 +10,25 @@ from pathlib import Path
 
 import pytest
 
-from queue_app.processes import free_port, stop_process
 from queue_app.records import JobRecord
-from queue_app.redis_server import start_redis
-from tests.faults.harness import run_scenario, start_plane, wait_for
-from tests.support.fleet import control_plane
-from tests.support.servers import TEST_PASSWORD, require_sshd
+from tests.e2e.faults import run_scenario
+from tests.e2e.harness import control_plane, start_plane
+from tests.support.servers import PrivateRedis, private_redis, require_sshd
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.sshd]
 
 DOWN_S = 3.0
 
 
-class RestartableRedis:
-    """A private redis-server (AOF on) that can be stopped and started on the same port."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir, self.port = data_dir, free_port()
-        self.url = f"redis://:{TEST_PASSWORD}@127.0.0.1:{self.port}/0"
-        self.pid: int | None = None
-
-    def start(self) -> None:
-        self.pid = start_redis(self.data_dir, self.port, TEST_PASSWORD, self.data_dir / "redis.log")
-
-    def stop(self) -> None:
-        if self.pid is not None:
-            stop_process(self.pid)
-            self.pid = None
-
-
 @pytest.fixture
-def redis_server_to_restart(tmp_path: Path) -> Iterator[RestartableRedis]:
-    server = RestartableRedis(tmp_path / "redis")
-    server.start()
-    try:
+def redis_server_to_restart(tmp_path: Path) -> Iterator[PrivateRedis]:
+    with private_redis(tmp_path / "redis") as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_redis_restarted_mid_sweep(
-    redis_server_to_restart: RestartableRedis,
+    redis_server_to_restart: PrivateRedis,
     home: Path,
     fleet_assets: dict[str, Path],
     tmp_path: Path,

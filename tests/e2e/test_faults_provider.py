@@ -3,7 +3,7 @@ operation fails once before acting (503) and once after acting (the reply lost).
 retry with backoff, a relaunch finds the instance the lost reply launched instead of launching
 a second one, and a repeated terminate of a gone instance counts as done.
 
-The faults are injected by a wrapper around the local provider (tests.faults.flaky_provider)
+The faults are injected by a wrapper around the local provider (tests.e2e.flaky_provider)
 that the control worker loads; the Lambda client's own retries of 429/5xx against a fake
 Lambda API are tested in tests/jobs/providers/test_lambda_cloud.py."""
 
@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.flaky_provider import arm, remaining
-from tests.faults.harness import Watch, converge, record, scenario, start_plane, submit_sweep
-from tests.support.fleet import ControlPlane
+from tests.e2e.faults import Watch, converge, record, submit_sweep
+from tests.e2e.flaky_provider import arm, remaining
+from tests.e2e.harness import ControlPlane, start_plane
+from tests.e2e.report import scenario
 
 pytestmark = [pytest.mark.slow, pytest.mark.sshd]
 
@@ -26,7 +27,7 @@ def test_provider_api_fails_transiently_in_provision_and_terminate(
 ) -> None:
     arm(plane.home, "launch", ["before", "after"])
     arm(plane.home, "terminate", ["before", "after"])
-    start_plane(plane, app="tests.faults.flaky_provider")
+    start_plane(plane, app="tests.e2e.flaky_provider")
     name = "provider-api-transient"
     with scenario(name) as row:
         fault_at = time.time()

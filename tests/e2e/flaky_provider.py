@@ -1,6 +1,6 @@
 """The control plane's Celery app with providers that fail on purpose: the fault injection
 behind the provider-API scenario. A test runs the control worker on this module
-(`celery -A tests.faults.flaky_provider worker`) instead of `queue_app.celery_app`; the stages,
+(`celery -A tests.e2e.flaky_provider worker`) instead of `queue_app.celery_app`; the stages,
 watchdog and provider are the real ones, only wrapped.
 
 Faults are armed per operation in `$SAEFLEET_HOME/faults/<operation>.json`: a list of modes,
