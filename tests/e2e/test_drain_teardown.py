@@ -169,7 +169,7 @@ def test_drain_across_a_control_worker_killed_and_restarted(
     plane: ControlPlane, fleet_assets: dict[str, Path], tmp_path: Path
 ) -> None:
     # The killed worker's messages come back, and the tick lock it may hold lapses, in seconds.
-    plane.env.update({"SAEFLEET_VISIBILITY_TIMEOUT_S": "20"})
+    plane.env.update({"SAEFLEET_VISIBILITY_TIMEOUT_S": "20", "SAEFLEET_WATCHDOG_LOCK_TTL_S": "10"})
     start_plane(plane, quick_verdicts=True)
     sweep_id = start_sweep(plane, tmp_path, fleet_assets, grid={}, **UNDONE_RUN)
     [job_id] = plane.store.sweep(sweep_id).job_ids
@@ -182,7 +182,7 @@ def test_drain_across_a_control_worker_killed_and_restarted(
     wait_for(
         "the restarted watchdog to pause the job",
         lambda: plane.store.job(job_id).state is JobState.PAUSED and not plane.running_instances(),
-        timeout_s=120,
+        timeout_s=300,
         every_s=0.2,
     )
     paused_s = time.monotonic() - started
