@@ -32,6 +32,8 @@ def test_orphan_created_outside_any_job_is_reaped(plane: ControlPlane, tmp_path:
     wait_for("the orphan to be terminated", lambda: provider.get(orphan).status.gone, 60)
 
     assert not provider.get(foreign).status.gone
-    log = (plane.home / "logs" / "control.out").read_text()
-    assert f"watchdog orphans: terminated {orphan}" in log
-    assert "not an instance of any saefleet job" in log
+    # The tick logs its report after the terminate call returns: wait for the line.
+    out = plane.home / "logs" / "control.out"
+    reported = f"watchdog orphans: terminated {orphan}"
+    wait_for("the orphan's termination logged", lambda: reported in out.read_text(), 30)
+    assert "not an instance of any saefleet job" in out.read_text()
