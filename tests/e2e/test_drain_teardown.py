@@ -171,7 +171,7 @@ def test_drain_across_a_control_worker_killed_and_restarted(
     # The killed worker's messages come back, and the tick lock it may hold lapses, in seconds.
     plane.env.update({"SAEFLEET_VISIBILITY_TIMEOUT_S": "20", "SAEFLEET_WATCHDOG_LOCK_TTL_S": "10"})
     start_plane(plane, quick_verdicts=True)
-    sweep_id = start_sweep(plane, tmp_path, fleet_assets, grid={}, **UNDONE_RUN)
+    sweep_id = start_sweep(plane, tmp_path, fleet_assets, grid={}, **LONG_RUN)
     [job_id] = plane.store.sweep(sweep_id).job_ids
 
     started = time.monotonic()
@@ -179,23 +179,28 @@ def test_drain_across_a_control_worker_killed_and_restarted(
     assert code == 0, drained
     plane.stop("control", kill=True)
     plane.start_control(concurrency=4)
+    # Paused; or, where training finished before it read the stop flag (a fast machine),
+    # collected, with its terminate stage waiting in the drained queue: no instance either way.
+    held = {JobState.PAUSED, JobState.TERMINATING}
     wait_for(
-        "the restarted watchdog to pause the job",
-        lambda: plane.store.job(job_id).state is JobState.PAUSED and not plane.running_instances(),
+        "the restarted watchdog to release the job's instance",
+        lambda: plane.store.job(job_id).state in held and not plane.running_instances(),
         timeout_s=300,
         every_s=0.2,
     )
-    paused_s = time.monotonic() - started
-    paused = plane.store.job(job_id)
+    released_s = time.monotonic() - started
+    held_job = plane.store.job(job_id)
     code, undone, _ = ops(plane, "queue", "drain", "--undo")
     assert code == 0, undone
     sweep = plane.wait_sweep(sweep_id, timeout_s=300)
 
     assert sweep.finalize_runs == 1
     [job] = assert_nothing_lost(plane, sweep_id)
-    assert job.state is JobState.SUCCEEDED and job.attempt == 2 and job.preemptions == 0
-    assert plane.store.attempt(job_id, 2).resume_from == paused.latest_checkpoint
+    assert job.state is JobState.SUCCEEDED and job.preemptions == 0
+    if held_job.state is JobState.PAUSED:
+        assert job.attempt == 2
+        assert plane.store.attempt(job_id, 2).resume_from == held_job.latest_checkpoint
     print(
-        f"\ndrain across a killed control worker: paused in {paused_s:.1f}s, "
+        f"\ndrain across a killed control worker: {held_job.state} in {released_s:.1f}s, "
         f"sweep finished {time.monotonic() - started:.1f}s after the drain"
     )
