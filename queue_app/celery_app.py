@@ -84,6 +84,10 @@ def make_app(settings: Settings | None = None, role: str = "control") -> Celery:
         "visibility_timeout": settings.visibility_timeout_s,
         "unacked_restore_interval": 2,
         "unacked_restore_throttle": 1,
+        # The lock around a restore of unacknowledged messages lapses after this. A restore
+        # takes milliseconds, but a Redis restart mid-restore (the AOF keeps the lock) left
+        # kombu's default of 300 s with nothing redelivered for five minutes.
+        "unacked_mutex_expire": 15,
         "socket_keepalive": True,
         "health_check_interval": 10,
     }

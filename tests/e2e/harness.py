@@ -50,6 +50,10 @@ QUICK_VERDICTS = {
     "SAEFLEET_COST_CAP_GRACE_S": "20",
 }
 
+# A killed worker's unacknowledged messages (and the tick lock it may hold) come back in seconds
+# rather than the minute tuned for real fleets, for scenarios that kill a control worker or Redis.
+QUICK_REDELIVERY = {"SAEFLEET_VISIBILITY_TIMEOUT_S": "20", "SAEFLEET_WATCHDOG_LOCK_TTL_S": "10"}
+
 # How the provider's account of a killed local instance reads, in whichever words the watchdog
 # or the stage saw it: a kill stops sshd before the provider records "preempted", so a look in
 # between sees "unhealthy"; await_ready words its own.

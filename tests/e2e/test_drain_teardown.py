@@ -19,7 +19,13 @@ import pytest
 
 from queue_app.records import JobRecord
 from queue_app.statemachine import InstanceState, JobState
-from tests.e2e.harness import LONG_RUN, ControlPlane, pulled_checkpoint_while_training, start_plane
+from tests.e2e.harness import (
+    LONG_RUN,
+    QUICK_REDELIVERY,
+    ControlPlane,
+    pulled_checkpoint_while_training,
+    start_plane,
+)
 from tests.support.sweeps import write_sweep
 from tests.support.waiting import wait_for
 
@@ -168,8 +174,7 @@ def test_teardown_mid_segment_keeps_the_segment(
 def test_drain_across_a_control_worker_killed_and_restarted(
     plane: ControlPlane, fleet_assets: dict[str, Path], tmp_path: Path
 ) -> None:
-    # The killed worker's messages come back, and the tick lock it may hold lapses, in seconds.
-    plane.env.update({"SAEFLEET_VISIBILITY_TIMEOUT_S": "20", "SAEFLEET_WATCHDOG_LOCK_TTL_S": "10"})
+    plane.env.update(QUICK_REDELIVERY)
     start_plane(plane, quick_verdicts=True)
     sweep_id = start_sweep(plane, tmp_path, fleet_assets, grid={}, **LONG_RUN)
     [job_id] = plane.store.sweep(sweep_id).job_ids

@@ -11,7 +11,7 @@ import pytest
 
 from queue_app.records import JobRecord
 from tests.e2e.faults import run_scenario
-from tests.e2e.harness import BEAT_INTERVAL_S, ControlPlane, start_plane
+from tests.e2e.harness import BEAT_INTERVAL_S, QUICK_REDELIVERY, ControlPlane, start_plane
 
 pytestmark = [pytest.mark.slow, pytest.mark.sshd]
 
@@ -21,6 +21,7 @@ RESTART_AFTER_S = 2.0
 def test_control_worker_sigkilled_and_restarted(
     plane: ControlPlane, fleet_assets: dict[str, Path], tmp_path: Path
 ) -> None:
+    plane.env.update(QUICK_REDELIVERY)
     start_plane(plane)
 
     def kill_control(_: JobRecord) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from queue_app.records import JobRecord
 from tests.e2e.faults import run_scenario
-from tests.e2e.harness import control_plane, start_plane
+from tests.e2e.harness import QUICK_REDELIVERY, control_plane, start_plane
 from tests.support.servers import PrivateRedis, private_redis, require_sshd
 from tests.support.waiting import wait_for
 
@@ -36,6 +36,7 @@ def test_redis_restarted_mid_sweep(
     require_sshd()
     server = redis_server_to_restart
     with control_plane(home, server.url) as plane:
+        plane.env.update(QUICK_REDELIVERY)
         start_plane(plane)
 
         def restart_redis(_: JobRecord) -> None:
