@@ -176,7 +176,10 @@ def test_drain_across_a_control_worker_killed_and_restarted(
 ) -> None:
     plane.env.update(QUICK_REDELIVERY)
     start_plane(plane, quick_verdicts=True)
-    sweep_id = start_sweep(plane, tmp_path, fleet_assets, grid={}, **LONG_RUN)
+    # LONG_RUN's steps in UNDONE_RUN's 1.2-second segments: still training when drained on a
+    # fast machine, and half the segments (each a message, a pull and a log) on a loaded one.
+    run = {**LONG_RUN, "segment_minutes": UNDONE_RUN["segment_minutes"]}
+    sweep_id = start_sweep(plane, tmp_path, fleet_assets, grid={}, **run)
     [job_id] = plane.store.sweep(sweep_id).job_ids
 
     started = time.monotonic()
@@ -197,7 +200,7 @@ def test_drain_across_a_control_worker_killed_and_restarted(
     held_job = plane.store.job(job_id)
     code, undone, _ = ops(plane, "queue", "drain", "--undo")
     assert code == 0, undone
-    sweep = plane.wait_sweep(sweep_id, timeout_s=300)
+    sweep = plane.wait_sweep(sweep_id, timeout_s=420)
 
     assert sweep.finalize_runs == 1
     [job] = assert_nothing_lost(plane, sweep_id)
