@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from jobs.bundle import ensure_bundle
 from queue_app.settings import Settings
 from queue_app.store import Store
 from tests.e2e.harness import ControlPlane, control_plane
@@ -71,19 +73,32 @@ def store(redis_url: str) -> Store:
     return Store(redis.Redis.from_url(redis_url, decode_responses=True))
 
 
+def _run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run's temporary directory, shared by its pytest-xdist workers."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's directory above each worker's own
+    return shared
+
+
 @pytest.fixture(scope="session")
 def fleet_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny LM and synthetic PII corpus every end-to-end job trains on (made once, shared by
     the pytest-xdist workers of the run)."""
-    shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        shared = shared.parent  # the run's directory above each worker's own
-    return make_assets(shared / "assets")
+    return make_assets(_run_dir(tmp_path_factory) / "assets")
+
+
+@pytest.fixture(scope="session")
+def code_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The code bundle (jobs.bundle) of this run's sources, built once (under its own lock)."""
+    return ensure_bundle(_run_dir(tmp_path_factory) / "bundles")
 
 
 @pytest.fixture
-def plane(home: Path, redis_url: str) -> Iterator[ControlPlane]:
-    """A real control plane for one test (start the services the test needs on it)."""
+def plane(home: Path, redis_url: str, code_bundle: Path) -> Iterator[ControlPlane]:
+    """A real control plane for one test (start the services the test needs on it), its home
+    holding the run's code bundle: bootstrap would otherwise build the same wheel per test."""
     require_sshd()
+    shutil.copytree(code_bundle.parent, home / "bundles" / code_bundle.parent.name)
     with control_plane(home, redis_url) as started:
         yield started
