@@ -158,12 +158,16 @@ def _offers(
         )
         return provider.instance_types() if provider else [local], "spec", None, []
     warnings = []
+    catalog = CATALOGS[spec.provider.name]
     if provider is not None:
         try:
-            return provider.instance_types(), "live", today or date.today(), []
+            types = provider.instance_types()
         except ProviderError as exc:
             warnings.append(f"live prices unavailable ({exc}); using the built-in catalog")
-    catalog = CATALOGS[spec.provider.name]
+        else:
+            if spec.provider.name == "aws":  # live spot prices, on-demand from the catalog
+                return types, "live", catalog.as_of, [catalog.stale_warning(today)]
+            return types, "live", today or date.today(), []
     warnings.append(catalog.stale_warning(today))
     warnings.append("capacity unknown: catalog regions are where the type was listed")
     return catalog.instance_types(), "catalog", catalog.as_of, warnings

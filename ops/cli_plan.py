@@ -11,6 +11,7 @@ import json
 import sys
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -20,6 +21,9 @@ from jobs.providers.errors import AuthError
 from jobs.providers.lambda_cloud import LambdaCloud, from_settings, read_api_key
 from jobs.spec import SpecError, SweepSpec, load_sweep_file
 from queue_app.settings import get_settings
+
+if TYPE_CHECKING:
+    from jobs.providers.aws import AWSProvider
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -45,8 +49,13 @@ def plan_command(file: Path, json_out: bool) -> int:
     return EXIT_OK
 
 
-def _live_provider(spec: SweepSpec) -> tuple[LambdaCloud | None, list[str]]:
-    """A Lambda client when the sweep runs on Lambda and a key is configured."""
+def _live_provider(spec: SweepSpec) -> tuple[LambdaCloud | AWSProvider | None, list[str]]:
+    """A Lambda client when the sweep runs on Lambda and a key is configured; an AWS one
+    for AWS (without credentials its prices fail over to the catalog, with a warning)."""
+    if spec.provider.name == "aws":
+        from jobs.providers.aws import AWSProvider
+
+        return AWSProvider.from_spec(spec.provider), []
     if spec.provider.name != "lambda":
         return None, []
     settings = get_settings()
