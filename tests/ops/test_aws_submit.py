@@ -4,7 +4,6 @@ the field, before anything is launched or enqueued (moto stands in for AWS)."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,10 @@ import yaml
 
 from jobs.tiny_sweep import tiny_sweep
 from ops.cli import main
-from tests.support.moto_aws import FAKE_SECRET_KEY, MotoAWS, running_moto_aws
+from tests.support.moto_aws import (
+    FAKE_SECRET_KEY,
+    MotoAWS,
+)
 
 GOOD = {
     "name": "aws",
@@ -24,9 +26,8 @@ GOOD = {
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch, home: Path) -> Iterator[MotoAWS]:
-    with running_moto_aws(monkeypatch) as running:
-        yield running
+def aws(moto_aws: MotoAWS, home: Path) -> MotoAWS:
+    return moto_aws
 
 
 def submit(

@@ -1,11 +1,12 @@
-"""AWS for tests: moto's server in this process on a free loopback port, reached by boto3
-through AWS_ENDPOINT_URL, plus what moto cannot do by itself.
+"""AWS for tests: moto's server in this process on a free loopback port (one per test process,
+its state reset after each test), reached by boto3 through AWS_ENDPOINT_URL, plus what moto
+cannot do by itself.
 
-    with running_moto_aws(monkeypatch) as aws:
-        provider = AWSProvider(["us-east-1"], ssh_cidrs=["203.0.113.7/32"])
-        aws.refuse_capacity(provider, "us-east-1", zones={"us-east-1a"})  # RunInstances there fails
-        aws.lose_reply(provider, "us-east-1")   # the next RunInstances acts, its reply is lost
-        aws.interrupt(instance.id)              # AWS reclaims the spot instance
+    def test_x(moto_aws: MotoAWS) -> None:   # import the fixtures moto_server and moto_aws
+        provider = AWSProvider(["us-east-1"], ssh_cidrs=[...], session=shared_session())
+        moto_aws.refuse_capacity(provider, "us-east-1", {"us-east-1a"})  # RunInstances fails there
+        moto_aws.lose_reply(provider, "us-east-1")  # the next RunInstances acts, its reply is lost
+        moto_aws.interrupt(instance.id)             # AWS reclaims the spot instance
 
 - Capacity errors: a botocore `before-call.ec2.RunInstances` hook answers
   InsufficientInstanceCapacity (HTTP 500, as EC2 does) for the zones named.
@@ -15,39 +16,30 @@ through AWS_ENDPOINT_URL, plus what moto cannot do by itself.
   reclaimed spot instance.
 - The Deep Learning AMI's public SSM parameter (AWS's own namespace, which moto's API refuses
   to write) is put into moto's SSM backend, pointing at an Ubuntu image moto knows.
+
+Registered as a plugin by tests/conftest.py; moto and boto3 load only when a test uses them.
 """
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from botocore.exceptions import ReadTimeoutError
-from moto.core import DEFAULT_ACCOUNT_ID
-from moto.core.utils import utcnow
-from moto.ec2.models import ec2_backends
-from moto.ec2.models.instances import StateReason
-from moto.server import ThreadedMotoServer
-from moto.ssm.models import Parameter, ssm_backends
 
-from jobs.providers.aws import AWSProvider, split_instance_id
-from jobs.providers.aws_account import DLAMI_PARAMETER
+from queue_app.processes import free_port
+
+if TYPE_CHECKING:
+    import boto3
+
+    from jobs.providers.aws import AWSProvider
 
 UBUNTU_AMI = "ami-1e749f67"
 FAKE_ACCESS_KEY = "AKIAFAKEFAKEFAKE1234"
 FAKE_SECRET_KEY = "fake-secret-never-in-logs-0123456789abcdef"
 REGIONS = ("us-east-1", "us-west-2")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -90,12 +82,16 @@ class MotoAWS:
         return SimpleNamespace(status_code=500, headers={}, content=b""), error
 
     def _after_run(self, **_: Any) -> None:
+        from botocore.exceptions import ReadTimeoutError
+
         if self.lost_replies > 0:
             self.lost_replies -= 1
             raise ReadTimeoutError(endpoint_url=self.endpoint)
 
     def interrupt(self, our_id: str) -> None:
         """Reclaim a spot instance as AWS does: terminated, StateReason spot termination."""
+        from moto.ec2.models.instances import StateReason
+
         instance = self._instance(our_id)
         instance._state.name = "terminated"
         instance._state.code = 48
@@ -105,11 +101,13 @@ class MotoAWS:
         )
 
     def _instance(self, our_id: str) -> Any:
+        from jobs.providers.aws import split_instance_id
+
         region, ec2_id = split_instance_id(our_id)
-        return ec2_backends[DEFAULT_ACCOUNT_ID][region].get_instance(ec2_id)
+        return _ec2_backend(region).get_instance(ec2_id)
 
     def instances_named(self, name: str, region: str) -> list[Any]:
-        backend = ec2_backends[DEFAULT_ACCOUNT_ID][region]
+        backend = _ec2_backend(region)
         return [
             i
             for reservation in backend.reservations.values()
@@ -118,7 +116,20 @@ class MotoAWS:
         ]
 
 
+def _ec2_backend(region: str) -> Any:
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ec2.models import ec2_backends
+
+    return ec2_backends[DEFAULT_ACCOUNT_ID][region]
+
+
 def _publish_dlami(region: str) -> None:
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.core.utils import utcnow
+    from moto.ssm.models import Parameter, ssm_backends
+
+    from jobs.providers.aws_account import DLAMI_PARAMETER
+
     parameters = ssm_backends[DEFAULT_ACCOUNT_ID][region]._parameters
     parameters[DLAMI_PARAMETER].append(
         Parameter(
@@ -136,17 +147,27 @@ def _publish_dlami(region: str) -> None:
     )
 
 
-@contextmanager
-def running_moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoAWS]:
-    """moto's server on a free loopback port with fake credentials in the environment; its
-    state is reset and the server stopped on exit."""
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """moto's server on a free loopback port, one per test process; its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def moto_aws(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoAWS]:
+    """AWS for one test: the process's moto server with fake credentials in the environment,
+    the DLAMI parameter published; every resource is forgotten at the end."""
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_ACCESS_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET_KEY)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
@@ -155,8 +176,24 @@ def running_moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoAWS]:
     try:
         for region in REGIONS:
             _publish_dlami(region)
-        yield MotoAWS(endpoint)
+        yield MotoAWS(moto_server)
     finally:
-        server.stop()
+        from moto.ec2.models import ec2_backends
+        from moto.ssm.models import ssm_backends
+
         ec2_backends.reset()
         ssm_backends.reset()
+
+
+_session: boto3.session.Session | None = None
+
+
+def shared_session() -> boto3.session.Session:
+    """One boto3 session for the tests of a process (loading botocore's models takes ~1 s
+    per session); the environment of `moto_aws` is the same in every test."""
+    global _session  # noqa: PLW0603
+    if _session is None:
+        import boto3
+
+        _session = boto3.session.Session()
+    return _session

@@ -4,7 +4,7 @@ idempotency, capacity failover across zones, interruptions, listing by tags, and
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import pytest
@@ -25,7 +25,12 @@ from jobs.providers import (
 from jobs.providers.aws import AWSProvider, split_instance_id
 from jobs.providers.aws_account import key_pair_name, security_group_name
 from jobs.providers.aws_errors import map_error
-from tests.support.moto_aws import FAKE_SECRET_KEY, UBUNTU_AMI, MotoAWS, running_moto_aws
+from tests.support.moto_aws import (
+    FAKE_SECRET_KEY,
+    UBUNTU_AMI,
+    MotoAWS,
+    shared_session,
+)
 
 REGION = "us-east-1"
 CIDRS = ["203.0.113.7/32"]
@@ -33,14 +38,17 @@ PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoAWS]:
-    with running_moto_aws(monkeypatch) as running:
-        yield running
+def aws(moto_aws: MotoAWS) -> MotoAWS:
+    return moto_aws
+
+
+def aws_provider(regions: list[str] | None = None, **options: Any) -> AWSProvider:
+    return AWSProvider(regions or [REGION], session=shared_session(), **options)
 
 
 @pytest.fixture
 def provider(aws: MotoAWS) -> AWSProvider:
-    return AWSProvider([REGION], ssh_cidrs=CIDRS)
+    return aws_provider(ssh_cidrs=CIDRS)
 
 
 def request(name: str = "sf-sw1-0000-1", **fields: object) -> LaunchRequest:
@@ -96,18 +104,18 @@ def test_spot_launch_tags_sizes_keys_and_opens_ssh_only_to_the_cidrs(
 
 
 def test_on_demand_sends_no_market_options_and_a_max_price_only_when_set(aws: MotoAWS) -> None:
-    plain = AWSProvider([REGION], ssh_cidrs=CIDRS)
+    plain = aws_provider(ssh_cidrs=CIDRS)
     aws.hook(plain, REGION)
     plain.launch(request("sf-a-1", capacity="on_demand"))
     assert not any(k.startswith("InstanceMarketOptions") for k in aws.run_requests[-1])
-    capped = AWSProvider([REGION], ssh_cidrs=CIDRS, max_spot_price=0.5)
+    capped = aws_provider(ssh_cidrs=CIDRS, max_spot_price=0.5)
     aws.hook(capped, REGION)
     capped.launch(request("sf-b-1"))
     assert aws.run_requests[-1]["InstanceMarketOptions.SpotOptions.MaxPrice"] == "0.5000"
 
 
 def test_launch_refuses_until_ssh_cidrs_are_set_and_says_how(aws: MotoAWS) -> None:
-    provider = AWSProvider([REGION])
+    provider = aws_provider()
     aws.hook(provider, REGION)
     with pytest.raises(InvalidRequest, match=r"provider\.ssh_cidrs is not set"):
         provider.launch(request())
@@ -179,7 +187,7 @@ def test_unknown_ids_are_not_found_and_terminating_them_is_success(provider: AWS
 def test_instance_types_are_the_catalog_with_live_spot_prices_and_offering_regions(
     aws: MotoAWS,
 ) -> None:
-    provider = AWSProvider(["us-east-1", "us-west-2"], instance_types=["g5.xlarge", "p5.48xlarge"])
+    provider = aws_provider(["us-east-1", "us-west-2"], instance_types=["g5.xlarge", "p5.48xlarge"])
     types = {t.name: t for t in provider.instance_types()}
     assert set(types) == {"g5.xlarge", "p5.48xlarge"}
     assert types["g5.xlarge"].regions == ["us-east-1", "us-west-2"]
