@@ -121,7 +121,11 @@ def plan_sweep(spec: SweepSpec, provider: Provider | None, today: date | None = 
     spot_offered = any(t.spot_price_per_hour is not None for t in types)
     capacity = capacity_for(jobs[0].config, 0, spot_offered)
     if not spot_offered:
-        warnings.append(f"{spec.provider.name} offers no spot instances: jobs run on-demand")
+        warnings.append(
+            "spot prices are live only: estimated on-demand"
+            if spec.provider.name in RATE_TABLES
+            else f"{spec.provider.name} offers no spot instances: jobs run on-demand"
+        )
     setup = _setup_hours(spec.provider)
     estimates = [_job_estimate(job, spec.provider, types, capacity, setup) for job in jobs]
     warnings += _job_warnings(jobs, spec.provider, types)

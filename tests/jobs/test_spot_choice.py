@@ -78,16 +78,35 @@ def test_the_work_lost_is_half_a_segment_plus_the_setup() -> None:
     assert spot_estimate(config(), ProviderSpec(name="local"), G5) is None  # no table there
 
 
-def test_plan_shows_spot_beside_on_demand_with_the_dates(
-    moto_aws: MotoAWS, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    provider = {"name": "aws", "regions": ["us-east-1"], "instance_types": ["g6e.xlarge"]}
+def plan_output(tmp_path: Path, capsys: pytest.CaptureFixture[str], instance_type: str) -> str:
+    """What `saefleet plan` prints for the tiny sweep on AWS us-east-1 and one type."""
+    provider = {"name": "aws", "regions": ["us-east-1"], "instance_types": [instance_type]}
     sweep = tiny_sweep(tmp_path / "model", tmp_path / "corpus.jsonl", provider=provider)
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
     assert plan_command(path, json_out=False) == 0
-    out = capsys.readouterr().out
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_plan_shows_spot_beside_on_demand_with_the_dates(
+    moto_aws: MotoAWS, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = plan_output(tmp_path, capsys, "g6e.xlarge")
     assert f"Prices as of {AWS_CATALOG.as_of}" in out
     assert f"spot preemption rates as of {AWS_PREEMPTION_RATES.as_of}" in out
     assert "spot exp. $/h" in out
     assert "g6e.xlarge" in out and "1.86" in out
+
+
+def test_plan_without_aws_credentials_prices_from_the_dated_catalog(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    out = plan_output(tmp_path, capsys, "g5.xlarge")
+    assert "no AWS credentials found" in out
+    assert f"aws prices are from the built-in catalog, as of {AWS_CATALOG.as_of}" in out
+    assert "spot prices are live only: estimated on-demand" in out

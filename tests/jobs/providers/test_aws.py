@@ -21,10 +21,13 @@ from jobs.providers import (
     ProviderError,
     QuotaError,
     RateLimited,
+    instance_name,
 )
 from jobs.providers.aws import AWSProvider, split_instance_id
 from jobs.providers.aws_account import key_pair_name, security_group_name
 from jobs.providers.aws_errors import map_error
+from jobs.stages import provision
+from tests.jobs.stage_world import StageWorld
 from tests.support.moto_aws import (
     FAKE_SECRET_KEY,
     UBUNTU_AMI,
@@ -246,3 +249,26 @@ def test_errors_map_at_the_boundary(error: Exception, expected: type[ProviderErr
     mapped = map_error(error, "RunInstances")
     assert type(mapped) is expected
     assert mapped.retryable == (expected in (CapacityError, RateLimited, ProviderError))
+
+
+def test_the_provision_stage_fails_over_to_the_next_region_and_tags_the_attempt(
+    aws: MotoAWS, stage_world: StageWorld
+) -> None:
+    provider = aws_provider(
+        ["us-east-1", "us-west-2"], ssh_cidrs=CIDRS, instance_types=["g6.xlarge"]
+    )
+    stage_world.provider = provider  # type: ignore[assignment]
+    aws.refuse_capacity(provider, "us-east-1", set(_zones(provider)))
+    job_id = stage_world.sweep(disk_gb=123)
+    assert stage_world.deliver(provision, job_id) == stage_world.passed_on(job_id)
+    [instance] = provider.list()
+    assert (instance.region, instance.capacity) == ("us-west-2", "spot")
+    assert stage_world.attempt(job_id).instance_id == instance.id
+    tags = {t["Key"]: t["Value"] for t in describe(provider, instance.id)["Tags"]}  # type: ignore[attr-defined]
+    assert (tags["Name"], tags["saefleet:job"], tags["saefleet:attempt"]) == (
+        instance_name(job_id, 1),
+        job_id,
+        "1",
+    )
+    tried = [r["Placement.AvailabilityZone"] for r in aws.run_requests]  # us-east-1's client
+    assert len(tried) > 1 and set(tried) <= set(_zones(provider))  # each offering zone refused
