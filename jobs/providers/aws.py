@@ -33,14 +33,14 @@ from jobs.catalog import AWS_CATALOG
 from jobs.providers.aws_account import ensure_key_pair, ensure_security_group, resolve_image
 from jobs.providers.aws_errors import call, client_config
 from jobs.providers.aws_pricing import latest_spot_prices
-from jobs.providers.base import (
-    INSTANCE_NAME_PREFIX,
-    Capacity,
-    Instance,
-    InstanceStatus,
-    InstanceType,
-    LaunchRequest,
+from jobs.providers.aws_wire import (
+    LIVE_STATES,
+    PRICE_TAG,
+    TAG_PREFIX,
+    split_instance_id,
+    to_instance,
 )
+from jobs.providers.base import INSTANCE_NAME_PREFIX, Instance, InstanceType, LaunchRequest
 from jobs.providers.errors import CapacityError, InvalidRequest, NotFound
 
 if TYPE_CHECKING:
@@ -49,37 +49,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_REGIONS = ("us-east-1", "us-east-2", "us-west-2")
-SPOT_TERMINATION = "Server.SpotInstanceTermination"
-SSH_USER = "ubuntu"
-WORKDIR = "/home/ubuntu/saefleet"
-TAG_PREFIX = "saefleet:"
-PRICE_TAG = f"{TAG_PREFIX}price_per_hour"
-LIVE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
-_STATUS = {
-    "pending": InstanceStatus.BOOTING,
-    "running": InstanceStatus.ACTIVE,
-    "shutting-down": InstanceStatus.TERMINATING,
-    "terminated": InstanceStatus.TERMINATED,
-    "stopping": InstanceStatus.UNHEALTHY,
-    "stopped": InstanceStatus.UNHEALTHY,
-}
 SSH_CIDRS_HELP = (
     "provider.ssh_cidrs is not set: saefleet opens SSH only to the addresses you list; add the "
     "control plane's public address, e.g. `ssh_cidrs: [203.0.113.7/32]` "
     "(find it with `curl https://checkip.amazonaws.com`)"
 )
-
-
-def instance_id(region: str, ec2_id: str) -> str:
-    return f"{region}.{ec2_id}"
-
-
-def split_instance_id(our_id: str) -> tuple[str, str]:
-    """(region, EC2 id) of one of our ids; NotFound for anything else."""
-    region, _, ec2_id = our_id.partition(".")
-    if not region or not ec2_id.startswith("i-"):
-        raise NotFound(f"{our_id!r} is not an AWS instance id of saefleet (<region>.i-...)")
-    return region, ec2_id
 
 
 def client_token(request: LaunchRequest, zone: str) -> str:
@@ -337,27 +311,3 @@ class AWSProvider:
                 options["MaxPrice"] = f"{self.max_spot_price:.4f}"
             params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": options}
         return params
-
-
-def to_instance(wire: dict[str, Any], region: str) -> Instance:
-    """Our view of one `describe_instances`/`run_instances` instance."""
-    status = _STATUS.get(wire["State"]["Name"], InstanceStatus.UNHEALTHY)
-    reason = (wire.get("StateReason") or {}).get("Code", "")
-    if status in (InstanceStatus.TERMINATING, InstanceStatus.TERMINATED) and (
-        reason == SPOT_TERMINATION
-    ):
-        status = InstanceStatus.PREEMPTED
-    tags = {t["Key"]: t["Value"] for t in wire.get("Tags", [])}
-    capacity: Capacity = "spot" if wire.get("InstanceLifecycle") == "spot" else "on_demand"
-    return Instance(
-        id=instance_id(region, wire["InstanceId"]),
-        name=tags.get("Name", ""),
-        status=status,
-        instance_type=wire["InstanceType"],
-        region=region,
-        capacity=capacity,
-        price_per_hour=float(tags.get(PRICE_TAG, 0.0)),
-        host=wire.get("PublicIpAddress") or None,
-        ssh_user=SSH_USER,
-        workdir=WORKDIR,
-    )

@@ -101,7 +101,7 @@ class MotoAWS:
         )
 
     def _instance(self, our_id: str) -> Any:
-        from jobs.providers.aws import split_instance_id
+        from jobs.providers.aws_wire import split_instance_id
 
         region, ec2_id = split_instance_id(our_id)
         return _ec2_backend(region).get_instance(ec2_id)

@@ -23,9 +23,10 @@ from jobs.providers import (
     RateLimited,
     instance_name,
 )
-from jobs.providers.aws import AWSProvider, split_instance_id
+from jobs.providers.aws import AWSProvider
 from jobs.providers.aws_account import key_pair_name, security_group_name
 from jobs.providers.aws_errors import map_error
+from jobs.providers.aws_wire import split_instance_id
 from jobs.stages import provision
 from tests.jobs.stage_world import StageWorld
 from tests.support.moto_aws import (
