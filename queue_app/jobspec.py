@@ -71,8 +71,8 @@ class ProviderSpec(SpecModel):
         for owner, fields in _PROVIDER_ONLY_FIELDS.items():
             if self.name == owner:
                 continue
-            for field in fields:
-                if field in self.model_fields_set:
+            for field in fields:  # set to a value (a stored full dump holds None for them)
+                if field in self.model_fields_set and getattr(self, field) is not None:
                     raise ValueError(f"provider.{field} applies only to provider {owner!r}")
         return self
 
