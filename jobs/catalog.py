@@ -48,6 +48,10 @@ class PriceCatalog(BaseModel):
     as_of: date = Field(..., description="When the prices were read.")
     source: str = Field(..., description="Where the prices were read.")
     entries: list[CatalogEntry]
+    live_hint: str = Field(
+        "Set LAMBDA_API_KEY for live prices and capacity.",
+        description="What to do for live prices (the stale warning's last sentence).",
+    )
 
     def instance_types(self) -> list[InstanceType]:
         """The entries as InstanceTypes (regions: where listed, not where capacity is now)."""
@@ -77,7 +81,7 @@ class PriceCatalog(BaseModel):
         )
         if age > STALE_AFTER_DAYS:
             warning += f" (older than {STALE_AFTER_DAYS} days)"
-        return warning + ". Set LAMBDA_API_KEY for live prices and capacity."
+        return f"{warning}. {self.live_hint}"
 
 
 LAMBDA_CATALOG = PriceCatalog(
@@ -115,4 +119,45 @@ LAMBDA_CATALOG = PriceCatalog(
     ],
 )
 
-CATALOGS: dict[str, PriceCatalog] = {"lambda": LAMBDA_CATALOG}
+
+# AWS, us-east-1 Linux on-demand, recalled from the AWS EC2 On-Demand pricing page after AWS's
+# June 2025 cut of P4d and P5 prices (not read live when written: no network here). EC2 has no
+# price API short of the separate Pricing service; spot prices are read live (aws_pricing).
+_AWS_REGIONS = ["us-east-1", "us-east-2", "us-west-2"]
+
+
+def _aws(name: str, description: str, gpus: int, memory_gb: float, price: float) -> CatalogEntry:
+    return CatalogEntry(
+        name=name,
+        description=description,
+        gpu_count=gpus,
+        gpu_memory_gb=memory_gb,
+        price_per_hour=price,
+        regions=_AWS_REGIONS,
+    )
+
+
+AWS_CATALOG = PriceCatalog(
+    provider="aws",
+    as_of=date(2025, 6, 5),
+    source="AWS EC2 On-Demand pricing, us-east-1 Linux (recalled, not read live)",
+    live_hint="Spot prices are live when AWS credentials work; on-demand ones are this catalog's.",
+    entries=[
+        _aws("g6.xlarge", "1x L4 (24 GB)", 1, 24, 0.8048),
+        _aws("g6.2xlarge", "1x L4 (24 GB)", 1, 24, 0.9776),
+        _aws("g6.12xlarge", "4x L4 (24 GB)", 4, 24, 4.6016),
+        _aws("g6.48xlarge", "8x L4 (24 GB)", 8, 24, 13.3504),
+        _aws("g5.xlarge", "1x A10G (24 GB)", 1, 24, 1.006),
+        _aws("g5.2xlarge", "1x A10G (24 GB)", 1, 24, 1.212),
+        _aws("g5.12xlarge", "4x A10G (24 GB)", 4, 24, 5.672),
+        _aws("g5.48xlarge", "8x A10G (24 GB)", 8, 24, 16.288),
+        _aws("g6e.xlarge", "1x L40S (48 GB)", 1, 48, 1.861),
+        _aws("g6e.2xlarge", "1x L40S (48 GB)", 1, 48, 2.24208),
+        _aws("g6e.12xlarge", "4x L40S (48 GB)", 4, 48, 10.49264),
+        _aws("g6e.48xlarge", "8x L40S (48 GB)", 8, 48, 30.13118),
+        _aws("p4d.24xlarge", "8x A100 (40 GB SXM4)", 8, 40, 21.96),
+        _aws("p5.48xlarge", "8x H100 (80 GB SXM5)", 8, 80, 55.04),
+    ],
+)
+
+CATALOGS: dict[str, PriceCatalog] = {"lambda": LAMBDA_CATALOG, "aws": AWS_CATALOG}

@@ -2,7 +2,8 @@
 first across types and regions, which is the capacity failover order of the provision stage.
 
 Spot: a job asking for spot (or `auto`) gets on-demand where the provider offers no spot price
-(Lambda offers none), and `auto` falls back to on-demand after `max_preemptions`.
+(Lambda offers none), and `auto` falls back to on-demand after `max_preemptions`; before that,
+`auto` takes on-demand for a type whose expected spot cost is higher (jobs.spot_choice).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from jobs.providers.base import Capacity, InstanceType, Provider
 from jobs.providers.local import INSTANCE_TYPE as LOCAL_TYPE
+from jobs.spot_choice import spot_estimate
 from queue_app.jobspec import JobConfig, ProviderSpec
 
 
@@ -57,14 +59,19 @@ def candidates(
     types: list[InstanceType],
     capacity: Capacity,
 ) -> list[Candidate]:
-    """Every (type, region) that fits the job and has capacity now, cheapest first."""
+    """Every (type, region) that fits the job and has capacity now, cheapest first; with
+    `capacity` spot, an `auto` job's types where spot does not pay come on-demand."""
     out = []
     for itype in allowed_types(config, provider_spec, types):
-        price = itype.price_per_hour
+        price, chosen = itype.price_per_hour, capacity
         if capacity == "spot":
             if itype.spot_price_per_hour is None:
                 continue
-            price = itype.spot_price_per_hour
+            weighed = spot_estimate(config, provider_spec, itype)
+            if config.capacity == "auto" and weighed is not None and not weighed.pays:
+                chosen = "on_demand"
+            else:
+                price = itype.spot_price_per_hour
         for region in itype.regions:
             if provider_spec.regions and region not in provider_spec.regions:
                 continue
@@ -72,7 +79,7 @@ def candidates(
                 Candidate(
                     instance_type=itype.name,
                     region=region,
-                    capacity=capacity,
+                    capacity=chosen,
                     price_per_hour=price,
                     gpu_memory_gb=itype.gpu_memory_gb,
                 )

@@ -22,12 +22,9 @@ from jobs.providers.local import INSTANCE_TYPE as LOCAL_TYPE
 from jobs.providers.local import REGION as LOCAL_REGION
 from jobs.providers.local import SPOT_PRICE_FRACTION
 from jobs.spec import SweepSpec
+from jobs.spot_choice import CLOUD_SETUP_HOURS, RATE_TABLES, spot_estimate
 from jobs.throughput import Throughput, estimate, gpu_device, model_shape
 from queue_app.jobspec import JobConfig, JobSpec, ProviderSpec
-
-# Billed time around training on a cloud instance: booting (the seed guide: 5-10 min) plus
-# bootstrap and the model download (an assumption: ~5 min for a 16 GB model).
-CLOUD_SETUP_HOURS = 0.25
 
 PriceSource = Literal["live", "catalog", "spec"]
 
@@ -51,6 +48,9 @@ class TypeEstimate(_Frozen):
     hours_per_job: float | None
     cost_per_job_usd: float | None
     sweep_cost_usd: float | None
+    spot_price_per_hour: float | None = None
+    expected_spot_price_per_hour: float | None = None
+    """Spot per hour of progress, preemptions weighed (jobs.spot_choice); None: not weighed."""
 
 
 class JobEstimate(_Frozen):
@@ -84,6 +84,8 @@ class SweepPlan(_Frozen):
     estimated_hours: float | None
     estimated_cost_usd: float | None
     budget_usd: float | None
+    preemption_rates_as_of: date | None = None
+    """The date of the preemption-rate table `auto` weighed spot with (None: not weighed)."""
 
     @property
     def over_budget(self) -> bool:
@@ -119,12 +121,17 @@ def plan_sweep(spec: SweepSpec, provider: Provider | None, today: date | None = 
     spot_offered = any(t.spot_price_per_hour is not None for t in types)
     capacity = capacity_for(jobs[0].config, 0, spot_offered)
     if not spot_offered:
-        warnings.append(f"{spec.provider.name} offers no spot instances: jobs run on-demand")
+        warnings.append(
+            "spot prices are live only: estimated on-demand"
+            if spec.provider.name in RATE_TABLES
+            else f"{spec.provider.name} offers no spot instances: jobs run on-demand"
+        )
     setup = _setup_hours(spec.provider)
     estimates = [_job_estimate(job, spec.provider, types, capacity, setup) for job in jobs]
     warnings += _job_warnings(jobs, spec.provider, types)
     rows = _type_rows(jobs, spec.provider, types, setup)
     first = candidates(jobs[0].config, spec.provider, types, capacity)
+    rates = RATE_TABLES.get(spec.provider.name)
     costs = [e.cost_usd for e in estimates]
     hours = [e.hours for e in estimates]
     return SweepPlan(
@@ -141,6 +148,7 @@ def plan_sweep(spec: SweepSpec, provider: Provider | None, today: date | None = 
         estimated_hours=None if None in hours else sum(h or 0 for h in hours),
         estimated_cost_usd=None if None in costs else sum(c or 0 for c in costs),
         budget_usd=spec.budget_usd,
+        preemption_rates_as_of=rates.as_of if rates else None,
     )
 
 
@@ -158,12 +166,16 @@ def _offers(
         )
         return provider.instance_types() if provider else [local], "spec", None, []
     warnings = []
+    catalog = CATALOGS[spec.provider.name]
     if provider is not None:
         try:
-            return provider.instance_types(), "live", today or date.today(), []
+            types = provider.instance_types()
         except ProviderError as exc:
             warnings.append(f"live prices unavailable ({exc}); using the built-in catalog")
-    catalog = CATALOGS[spec.provider.name]
+        else:
+            if spec.provider.name == "aws":  # live spot prices, on-demand from the catalog
+                return types, "live", catalog.as_of, [catalog.stale_warning(today)]
+            return types, "live", today or date.today(), []
     warnings.append(catalog.stale_warning(today))
     warnings.append("capacity unknown: catalog regions are where the type was listed")
     return catalog.instance_types(), "catalog", catalog.as_of, warnings
@@ -250,6 +262,7 @@ def _type_rows(
         total = sum(h or 0 for h in hours)
         first = _throughput(jobs[0].config, itype)
         regions = [r for r in itype.regions if r in (provider_spec.regions or itype.regions)]
+        spot = spot_estimate(jobs[0].config, provider_spec, itype)
         rows.append(
             TypeEstimate(
                 instance_type=itype.name,
@@ -261,6 +274,8 @@ def _type_rows(
                 hours_per_job=hours[0],
                 cost_per_job_usd=None if hours[0] is None else hours[0] * itype.price_per_hour,
                 sweep_cost_usd=total * itype.price_per_hour if known else None,
+                spot_price_per_hour=itype.spot_price_per_hour,
+                expected_spot_price_per_hour=spot.expected_price_per_hour if spot else None,
             )
         )
     return rows

@@ -6,6 +6,7 @@ Each check passes, fails with one line saying what to do, or is SKIPPED when it 
 - lambda-api-key: the key is present and Lambda accepts it (one GET /ssh-keys).
 - ssh-key: the fleet's key pair is registered at Lambda, or its name is free to register.
 - file-system: the sweep's persistent filesystem exists (and in an allowed region).
+- aws-credentials, aws-ssh-cidrs, aws-regions: see jobs.preflight_aws.
 - model / dataset: a local path exists; a hub id is reachable with the token in the job's
   `hf_token_env` (gated repos such as meta-llama/Llama-3.1-8B need an accepted license).
 
@@ -97,6 +98,13 @@ def run_preflight(
     results: list[CheckResult] = []
     if spec.provider.name == "lambda":
         results += _lambda_checks(spec, settings, provider)
+    if spec.provider.name == "aws":
+        from jobs.preflight_aws import aws_checks
+        from jobs.providers.aws import AWSProvider
+
+        if not isinstance(provider, AWSProvider):
+            provider = AWSProvider.from_spec(spec.provider)
+        results += aws_checks(spec, provider)
     hub = _Hub(hf_endpoint, hub_timeout_s)
     for model, token_env in sorted({(j.model, j.hf_token_env) for j in jobs}):
         results.append(hub.check("model", model, token_env))

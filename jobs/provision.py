@@ -59,7 +59,8 @@ def _find_by_name(ctx: StageContext, name: str) -> Instance | None:
 
 
 def _launch(ctx: StageContext, name: str) -> Instance:
-    job = ctx.store.job(ctx.ref.job_id)
+    job_id = ctx.ref.job_id
+    job = ctx.store.job(job_id)
     candidates = plan_launch(ctx.config, job.job_spec.provider, ctx.provider, job.preemptions)
     _, public_key = fleet_keypair(ctx.settings)
     refused: list[str] = []
@@ -71,6 +72,8 @@ def _launch(ctx: StageContext, name: str) -> Instance:
             capacity=candidate.capacity,
             ssh_public_key=public_key,
             file_system=job.job_spec.provider.file_system,
+            disk_gb=ctx.config.disk_gb,
+            labels={"job": job_id, "attempt": str(ctx.ref.attempt), "sweep": ctx.ref.sweep_id},
         )
         try:
             instance = ctx.provider.launch(request)

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from jobs.catalog import CATALOGS
 from jobs.errors import JobsError
 from queue_app.jobspec import JobConfig, JobSpec, ProviderSpec, SpecModel
 
@@ -169,7 +170,22 @@ def parse_sweep_text(text: str, source: str = "sweep file") -> SweepSpec:
     _check_size(raw)
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
-    return _validate(SweepSpec, raw, "")
+    spec = _validate(SweepSpec, raw, "")
+    check_catalog_types(spec.provider)
+    return spec
+
+
+def check_catalog_types(provider: ProviderSpec) -> None:
+    """AWS types must be ones the catalog prices (the live checks of regions are preflight's)."""
+    if provider.name != "aws":
+        return
+    known = [e.name for e in CATALOGS["aws"].entries]
+    unknown = [t for t in provider.instance_types or [] if t not in known]
+    if unknown:
+        raise SpecError(
+            f"provider.instance_types: {', '.join(unknown)} not an AWS GPU type saefleet knows "
+            f"(known: {', '.join(known)})"
+        )
 
 
 def load_sweep_file(path: str | Path) -> SweepSpec:

@@ -119,6 +119,8 @@ GPUS: list[tuple[re.Pattern[str], Device]] = [
     _gpu(r"\bA100\b", "A100", 312, 19.5),
     _gpu(r"\bA6000\b", "RTX A6000", 154.8, 38.7),
     _gpu(r"\bA10\b", "A10", 125, 31.2),
+    _gpu(r"\bL40S\b", "L40S", 362, 91.6),
+    _gpu(r"\bL4\b", "L4", 121, 30.3),
     _gpu(r"\bV100\b", "V100", None, 15.7),
 ]
 

@@ -11,6 +11,7 @@ import json
 import sys
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -20,6 +21,9 @@ from jobs.providers.errors import AuthError
 from jobs.providers.lambda_cloud import LambdaCloud, from_settings, read_api_key
 from jobs.spec import SpecError, SweepSpec, load_sweep_file
 from queue_app.settings import get_settings
+
+if TYPE_CHECKING:
+    from jobs.providers.aws import AWSProvider
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -45,8 +49,13 @@ def plan_command(file: Path, json_out: bool) -> int:
     return EXIT_OK
 
 
-def _live_provider(spec: SweepSpec) -> tuple[LambdaCloud | None, list[str]]:
-    """A Lambda client when the sweep runs on Lambda and a key is configured."""
+def _live_provider(spec: SweepSpec) -> tuple[LambdaCloud | AWSProvider | None, list[str]]:
+    """A Lambda client when the sweep runs on Lambda and a key is configured; an AWS one
+    for AWS (without credentials its prices fail over to the catalog, with a warning)."""
+    if spec.provider.name == "aws":
+        from jobs.providers.aws import AWSProvider
+
+        return AWSProvider.from_spec(spec.provider), []
     if spec.provider.name != "lambda":
         return None, []
     settings = get_settings()
@@ -68,6 +77,11 @@ def print_plan(plan: SweepPlan, notes: list[str] | None = None) -> None:
         f"Plan for sweep [bold]{plan.sweep}[/bold]: {jobs} job{'s' * (jobs != 1)} on "
         f"{plan.provider}, {plan.capacity.replace('_', '-')}, prices: {plan.price_source}"
     )
+    dates = [f"prices as of {plan.prices_as_of}"] if plan.prices_as_of else []
+    if plan.preemption_rates_as_of:
+        dates.append(f"spot preemption rates as of {plan.preemption_rates_as_of}")
+    if dates:
+        console.print(f"{'; '.join(dates).capitalize()}.")
     for warning in [*(notes or []), *plan.warnings]:
         console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
     console.print(_candidates_table(plan))
@@ -89,16 +103,26 @@ def print_plan(plan: SweepPlan, notes: list[str] | None = None) -> None:
 
 
 def _candidates_table(plan: SweepPlan) -> Table:
-    table = Table(title="Instance types that fit every job, cheapest first")
-    for column in ("type", "GPU", "GB", "$/h", "regions", "tokens/s", "h/job", "$/job", "$ sweep"):
+    """One row per type; with spot prices, spot's price and its expected price per hour of
+    progress (preemptions weighed, where the provider has a rate table) beside on-demand's."""
+    spot = any(row.spot_price_per_hour is not None for row in plan.candidates)
+    prices = ("$/h", "spot $/h", "spot exp. $/h") if spot else ("$/h",)
+    columns = ("type", "GPU", "GB", *prices, "regions", "tokens/s", "h/job", "$/job", "$ sweep")
+    table = Table(title="Instance types that fit every job, cheapest first (on-demand $)")
+    for column in columns:
         text = column in ("type", "GPU", "regions")
         table.add_column(column, justify="left" if text else "right")
     for row in plan.candidates:
+        spot_cells = [
+            _number(row.spot_price_per_hour, "{:.2f}"),
+            _number(row.expected_spot_price_per_hour, "{:.2f}"),
+        ]
         table.add_row(
             row.instance_type,
             row.description,
             f"{row.gpu_memory_gb:g}",
             f"{row.price_per_hour:.2f}",
+            *(spot_cells if spot else []),
             ", ".join(row.regions) or "no capacity",
             _number(row.tokens_per_s, "{:,.0f}"),
             _number(row.hours_per_job, "{:.2f}"),

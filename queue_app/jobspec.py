@@ -10,9 +10,10 @@ local-only fields, the run's consistency checks) gives the same answer after the
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sae.config import RunConfig
 
@@ -26,7 +27,7 @@ class SpecModel(BaseModel):
 class ProviderSpec(SpecModel):
     """Where instances come from."""
 
-    name: Literal["local", "lambda"] = Field("local", description="Provider to launch on.")
+    name: Literal["local", "lambda", "aws"] = Field("local", description="Provider to launch on.")
     price_per_hour: float | None = Field(
         None, ge=0, description="local: what the cost code charges per instance-hour."
     )
@@ -40,14 +41,46 @@ class ProviderSpec(SpecModel):
     regions: list[str] | None = Field(None, description="Only launch in these regions.")
     instance_types: list[str] | None = Field(None, description="Only launch these types.")
     file_system: str | None = Field(None, description="Persistent filesystem for checkpoints.")
+    ssh_cidrs: list[str] | None = Field(
+        None, description="aws: CIDRs admitted to SSH (the control plane's address must be in one)."
+    )
+    ami: str | None = Field(
+        None, pattern=r"^ami-[0-9a-f]{8,17}$", description="aws: image (default: the DLAMI's)."
+    )
+    max_spot_price: float | None = Field(
+        None, gt=0, description="aws: highest spot price per hour to pay (default: on-demand's)."
+    )
+    preemption_rates: dict[str, float] | None = Field(
+        None, description="aws: expected spot preemptions per hour by type (overrides the table)."
+    )
+
+    @field_validator("ssh_cidrs")
+    @classmethod
+    def _cidrs(cls, cidrs: list[str] | None) -> list[str] | None:
+        for cidr in cidrs or []:
+            try:
+                ipaddress.ip_network(cidr, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"{cidr!r} is not a CIDR such as 203.0.113.7/32 ({exc})") from None
+            if "/" not in cidr:
+                raise ValueError(f"{cidr!r} is not a CIDR: add the prefix length (/32: one host)")
+        return cidrs
 
     @model_validator(mode="after")
-    def _local_only_fields(self) -> Self:
-        if self.name != "local":
-            for field in ("price_per_hour", "boot_delay_s", "preempt_rate"):
-                if field in self.model_fields_set:
-                    raise ValueError(f"provider.{field} applies only to provider 'local'")
+    def _provider_only_fields(self) -> Self:
+        for owner, fields in _PROVIDER_ONLY_FIELDS.items():
+            if self.name == owner:
+                continue
+            for field in fields:  # set to a value (a stored full dump holds None for them)
+                if field in self.model_fields_set and getattr(self, field) is not None:
+                    raise ValueError(f"provider.{field} applies only to provider {owner!r}")
         return self
+
+
+_PROVIDER_ONLY_FIELDS = {
+    "local": ("price_per_hour", "boot_delay_s", "preempt_rate"),
+    "aws": ("ssh_cidrs", "ami", "max_spot_price", "preemption_rates"),
+}
 
 
 class GPUSpec(SpecModel):
@@ -73,6 +106,9 @@ class JobConfig(RunConfig):
     max_preemptions: int = Field(3, ge=0, description="Preemptions tolerated (see capacity).")
     max_attempts: int = Field(5, ge=1, le=50, description="Attempts before the job fails.")
     max_cost_usd: float | None = Field(None, gt=0, description="Cost cap for this job.")
+    disk_gb: int = Field(
+        200, ge=8, le=16384, description="Root volume of the instance, GB (providers that size it)."
+    )
     max_wait_for_capacity_s: float = Field(
         3600.0, ge=0, description="How long provisioning waits for capacity before failing."
     )

@@ -65,4 +65,8 @@ def get_provider(spec: ProviderSpec | str, settings: Settings) -> Provider:
         from jobs.providers.lambda_cloud import from_settings
 
         return from_settings(settings)
+    if spec.name == "aws":
+        from jobs.providers.aws import AWSProvider
+
+        return AWSProvider.from_spec(spec)
     raise ValueError(f"unknown provider {spec.name!r}")

@@ -68,6 +68,10 @@ class LaunchRequest(_Model):
     ssh_public_key: str = Field(..., description="OpenSSH public key line to authorize.")
     ssh_key_name: str = "saefleet"
     file_system: str | None = None
+    disk_gb: int = Field(200, description="Root volume size, where the provider sizes it.")
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="job, attempt, sweep: tags where the provider has them."
+    )
 
 
 @runtime_checkable

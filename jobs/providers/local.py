@@ -11,6 +11,9 @@ terminate/preempt stop the instance's sshd and everything that ran in its sessio
 (jobs.providers.local_sshd starts the one and finds the others). Sessions start in the user's
 own home directory (sshd's choice), so commands should use absolute paths or `cd "$HOME"`.
 
+A file `<root>/no-capacity` (`refuse_capacity`) makes launches fail with CapacityError, as a
+cloud out of the type would.
+
 Statuses: booting (until boot_delay_s has passed), active, unhealthy (its sshd died without
 terminate/preempt), terminated, preempted. Spot instances die on their own schedule when
 `preempt_rate` > 0: a preemption time drawn at launch takes effect when get()/list() see it.
@@ -44,6 +47,7 @@ from jobs.providers.base import (
     LaunchRequest,
 )
 from jobs.providers.errors import (
+    CapacityError,
     InvalidRequest,
     NotFound,
     PermanentProviderError,
@@ -63,6 +67,7 @@ SPOT_PRICE_FRACTION = 0.35
 """Spot price as a fraction of the on-demand price (typical cloud spot discounts: 60-70 %)."""
 TERMINATE_GRACE_S = 5.0
 """terminate() sends SIGTERM, then SIGKILL to what is left after this long."""
+NO_CAPACITY = "no-capacity"
 _INSTANCE_ID = re.compile(r"local-[0-9a-f]{8}")
 
 
@@ -129,6 +134,8 @@ class LocalProvider:
         with _disk_errors("launch"):
             self._root.mkdir(parents=True, exist_ok=True)
             with _locked(self._root / ".launch.lock"):
+                if (self._root / NO_CAPACITY).exists():
+                    raise CapacityError(f"local provider: no capacity ({self._root / NO_CAPACITY})")
                 for record in self._records():
                     if record.name == request.name:
                         instance = self._observe(record)
@@ -160,6 +167,15 @@ class LocalProvider:
             self._end(instance_id, "terminated", grace_s=TERMINATE_GRACE_S)
         except NotFound:
             log.info("local instance %s is already gone (unknown)", instance_id)
+
+    def refuse_capacity(self, refused: bool = True) -> None:
+        """Make launches fail with CapacityError (all processes), or succeed again."""
+        marker = self._root / NO_CAPACITY
+        if refused:
+            self._root.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        else:
+            marker.unlink(missing_ok=True)
 
     def preempt(self, instance_id: str) -> None:
         """Kill the instance abruptly (SIGKILL to sshd and all its processes), as a cloud
