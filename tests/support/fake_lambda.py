@@ -23,95 +23,22 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-API_PREFIX = "/api/v1/"
-DEFAULT_API_KEY = "fake-lambda-key-0123456789abcdef"
-
-
-def _type(name: str, description: str, cents: int, gpus: int, regions: list[str]) -> dict[str, Any]:
-    gpu = description.split(" ", 1)[1]
-    return {
-        "instance_type": {
-            "name": name,
-            "description": description,
-            "gpu_description": gpu,
-            "price_cents_per_hour": cents,
-            "specs": {"vcpus": 30, "memory_gib": 200, "storage_gib": 512, "gpus": gpus},
-        },
-        "regions_with_capacity_available": [{"name": r, "description": r} for r in regions],
-    }
-
-
-DEFAULT_TYPES: dict[str, dict[str, Any]] = {
-    t["instance_type"]["name"]: t
-    for t in [
-        _type("gpu_1x_a10", "1x A10 (24 GB PCIe)", 75, 1, ["us-east-1"]),
-        _type("gpu_1x_a100", "1x A100 (40 GB PCIe)", 129, 1, ["us-west-1", "us-east-1"]),
-        _type("gpu_1x_a100_sxm4", "1x A100 (40 GB SXM4)", 139, 1, ["us-west-1"]),
-        _type("gpu_1x_h100_pcie", "1x H100 (80 GB PCIe)", 249, 1, ["us-south-1"]),
-        _type("gpu_8x_a100_80gb_sxm4", "8x A100 (80 GB SXM4)", 1432, 8, []),
-    ]
-}
-
-
-@dataclass
-class FakeInstance:
-    id: str
-    name: str
-    instance_type: str
-    region: str
-    ssh_key_names: list[str]
-    file_system_names: list[str]
-    status: str = "booting"
-    reads: int = 0
-
-    def wire(self, types: dict[str, dict[str, Any]], ip: str | None) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "ip": ip,
-            "private_ip": None,
-            "status": self.status,
-            "ssh_key_names": self.ssh_key_names,
-            "file_system_names": self.file_system_names,
-            "region": {"name": self.region, "description": self.region},
-            "instance_type": types[self.instance_type]["instance_type"],
-            "hostname": None,
-            "jupyter_url": None,
-            "tags": [],
-        }
-
-
-@dataclass
-class RecordedRequest:
-    at: float
-    method: str
-    path: str
-    body: Any
-
-
-@dataclass
-class _Fault:
-    path: str
-    count: int
-    status: int = 500
-    code: str | None = "global/unknown"
-    retry_after: float | None = None
-    malformed: bool = False
-    delay_s: float = 0.0
-
-    def applies(self, path: str) -> bool:
-        return self.count > 0 and path.startswith(self.path)
-
-
-@dataclass
-class _Reply:
-    status: int
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
+from tests.support.fake_lambda_model import (
+    API_PREFIX,
+    DEFAULT_API_KEY,
+    DEFAULT_TYPES,
+    FakeInstance,
+    Fault,
+    RecordedRequest,
+    Reply,
+    data_reply,
+    error_reply,
+    fault_reply,
+    file_system,
+)
 
 
 class FakeLambda:
@@ -130,7 +57,7 @@ class FakeLambda:
         self.ssh_keys: dict[str, str] = {}
         self.file_systems: dict[str, str] = {}
         self.requests: list[RecordedRequest] = []
-        self._faults: list[_Fault] = []
+        self._faults: list[Fault] = []
         self._no_capacity: set[tuple[str | None, str | None, bool]] = set()
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
@@ -168,19 +95,19 @@ class FakeLambda:
         self, path: str = "", count: int = 1, status: int = 500, code: str | None = "global/unknown"
     ) -> None:
         """The next `count` requests under `path` answer `status` with error `code`."""
-        self._add(_Fault(path, count, status=status, code=code))
+        self._add(Fault(path, count, status=status, code=code))
 
     def rate_limit(self, path: str = "", count: int = 1, retry_after: float = 1.0) -> None:
         """The next `count` requests under `path` answer 429 with Retry-After."""
-        self._add(_Fault(path, count, status=429, code=None, retry_after=retry_after))
+        self._add(Fault(path, count, status=429, code=None, retry_after=retry_after))
 
     def malform(self, path: str = "", count: int = 1) -> None:
         """The next `count` requests under `path` answer 200 with a body that is not JSON."""
-        self._add(_Fault(path, count, status=200, malformed=True))
+        self._add(Fault(path, count, status=200, malformed=True))
 
     def slow(self, path: str = "", count: int = 1, delay_s: float = 1.0) -> None:
         """The next `count` requests under `path` take effect, then reply `delay_s` late."""
-        self._add(_Fault(path, count, status=200, code=None, delay_s=delay_s))
+        self._add(Fault(path, count, status=200, code=None, delay_s=delay_s))
 
     def no_capacity(
         self, instance_type: str | None = None, region: str | None = None, listed: bool = True
@@ -216,22 +143,22 @@ class FakeLambda:
         """`METHOD path` of every request so far (only `method` ones when given)."""
         return [f"{r.method} {r.path}" for r in self.requests if method in (None, r.method)]
 
-    def _add(self, fault: _Fault) -> None:
+    def _add(self, fault: Fault) -> None:
         with self._lock:
             self._faults.append(fault)
 
     # ---- the API ---------------------------------------------------------------------------
 
-    def handle(self, method: str, path: str, headers: dict[str, str], body: Any) -> _Reply:
+    def handle(self, method: str, path: str, headers: dict[str, str], body: Any) -> Reply:
         with self._lock:
             self.requests.append(RecordedRequest(time.monotonic(), method, path, body))
             fault = next((f for f in self._faults if f.applies(path)), None)
             if fault is not None:
                 fault.count -= 1
         if fault is not None and fault.delay_s == 0:
-            return _fault_reply(fault)
+            return fault_reply(fault)
         if not self._authorized(headers.get("authorization", "")):
-            reply = _error(
+            reply = error_reply(
                 401, "global/invalid-api-key", "API key was invalid, expired, or deleted."
             )
         else:
@@ -250,37 +177,39 @@ class FakeLambda:
             return user == self.api_key
         return False
 
-    def _route(self, method: str, path: str, body: Any) -> _Reply:
+    def _route(self, method: str, path: str, body: Any) -> Reply:
         if method == "GET" and path.startswith("instances/"):
             return self._get_instance(path.removeprefix("instances/"))
         routes = {
-            ("GET", "instance-types"): lambda: _data(self._type_offers()),
-            ("GET", "instances"): lambda: _data(
+            ("GET", "instance-types"): lambda: data_reply(self._type_offers()),
+            ("GET", "instances"): lambda: data_reply(
                 [self._read(i) for i in [*self.instances.values()]]
             ),
             ("POST", "instance-operations/launch"): lambda: self._launch(body),
             ("POST", "instance-operations/terminate"): lambda: self._terminate(body),
-            ("GET", "ssh-keys"): lambda: _data(
+            ("GET", "ssh-keys"): lambda: data_reply(
                 [{"id": f"key-{n}", "name": n, "public_key": k} for n, k in self.ssh_keys.items()]
             ),
             ("POST", "ssh-keys"): lambda: self._add_ssh_key(body),
-            ("GET", "file-systems"): lambda: _data(
-                [_file_system(n, r) for n, r in self.file_systems.items()]
+            ("GET", "file-systems"): lambda: data_reply(
+                [file_system(n, r) for n, r in self.file_systems.items()]
             ),
         }
         route = routes.get((method, path))
         if route is None:
-            return _error(404, "global/object-does-not-exist", f"no route {method} {path}")
+            return error_reply(404, "global/object-does-not-exist", f"no route {method} {path}")
         return route()
 
     def _read_all(self) -> list[dict[str, Any]]:
         return [self._read(instance) for instance in [*self.instances.values()]]
 
-    def _get_instance(self, instance_id: str) -> _Reply:
+    def _get_instance(self, instance_id: str) -> Reply:
         instance = self.instances.get(instance_id)
         if instance is None:
-            return _error(404, "global/object-does-not-exist", "Specified instance does not exist.")
-        return _data(self._read(instance))
+            return error_reply(
+                404, "global/object-does-not-exist", "Specified instance does not exist."
+            )
+        return data_reply(self._read(instance))
 
     def _type_offers(self) -> dict[str, Any]:
         offers = copy.deepcopy(self.types)
@@ -310,7 +239,7 @@ class FakeLambda:
             self.instances.pop(instance.id)
         return wire
 
-    def _launch(self, body: dict[str, Any]) -> _Reply:
+    def _launch(self, body: dict[str, Any]) -> Reply:
         refusal = self._launch_refusal(body)
         if refusal is not None:
             return refusal
@@ -321,9 +250,9 @@ class FakeLambda:
             body["ssh_key_names"],
             body.get("file_system_names") or [],
         )
-        return _data({"instance_ids": [instance.id]})
+        return data_reply({"instance_ids": [instance.id]})
 
-    def _launch_refusal(self, body: dict[str, Any]) -> _Reply | None:
+    def _launch_refusal(self, body: dict[str, Any]) -> Reply | None:
         """The error a launch gets, or None when it may go ahead."""
         type_name, region = str(body.get("instance_type_name")), str(body.get("region_name"))
         keys = body.get("ssh_key_names") or []
@@ -338,13 +267,13 @@ class FakeLambda:
         elif len(body.get("name") or "") > 64:
             invalid = "name: at most 64 characters"
         if invalid is not None:
-            return _error(400, "global/invalid-parameters", invalid)
+            return error_reply(400, "global/invalid-parameters", invalid)
         if any(self.file_systems[fs] != region for fs in file_systems):
             code = "instance-operations/launch/file-system-in-wrong-region"
-            return _error(400, code, "File system is in another region.")
+            return error_reply(400, code, "File system is in another region.")
         offered = [r["name"] for r in self.types[type_name]["regions_with_capacity_available"]]
         if region not in offered or not self._has_capacity(type_name, region):
-            return _error(
+            return error_reply(
                 400,
                 "instance-operations/launch/insufficient-capacity",
                 "Not enough capacity to fulfill launch request.",
@@ -360,54 +289,27 @@ class FakeLambda:
         self.instances[instance_id] = instance
         return instance
 
-    def _terminate(self, body: dict[str, Any]) -> _Reply:
+    def _terminate(self, body: dict[str, Any]) -> Reply:
         ids = body.get("instance_ids") or []
         unknown = [i for i in ids if i not in self.instances]
         if unknown:
-            return _error(404, "global/object-does-not-exist", f"Unknown instance ids {unknown}")
+            return error_reply(
+                404, "global/object-does-not-exist", f"Unknown instance ids {unknown}"
+            )
         terminated = []
         for instance_id in ids:
             instance = self.instances[instance_id]
             if instance.status != "terminating":
                 instance.status, instance.reads = "terminating", 0
             terminated.append(instance.wire(self.types, None))
-        return _data({"terminated_instances": terminated})
+        return data_reply({"terminated_instances": terminated})
 
-    def _add_ssh_key(self, body: dict[str, Any]) -> _Reply:
+    def _add_ssh_key(self, body: dict[str, Any]) -> Reply:
         name, public_key = body.get("name"), body.get("public_key")
         if not name or name in self.ssh_keys:
-            return _error(400, "global/invalid-parameters", "name: missing or already in use")
+            return error_reply(400, "global/invalid-parameters", "name: missing or already in use")
         self.ssh_keys[name] = public_key or "ssh-ed25519 GENERATED"
-        return _data({"id": f"key-{name}", "name": name, "public_key": self.ssh_keys[name]})
-
-
-def _data(data: Any) -> _Reply:
-    return _Reply(200, json.dumps({"data": data}).encode())
-
-
-def _error(status: int, code: str, message: str, suggestion: str | None = None) -> _Reply:
-    error = {"code": code, "message": message, "suggestion": suggestion}
-    return _Reply(status, json.dumps({"error": error}).encode())
-
-
-def _fault_reply(fault: _Fault) -> _Reply:
-    if fault.malformed:
-        return _Reply(200, b"<html>502 Bad Gateway</html>")
-    if fault.retry_after is not None:
-        reply = _error(429, "global/rate-limited", "Too many requests.")
-        reply.headers["Retry-After"] = f"{fault.retry_after:g}"
-        return reply
-    return _error(fault.status, fault.code or "global/unknown", "Injected fault.")
-
-
-def _file_system(name: str, region: str) -> dict[str, Any]:
-    return {
-        "id": f"fs-{name}",
-        "name": name,
-        "region": {"name": region, "description": region},
-        "mount_point": f"/lambda/nfs/{name}",
-        "is_in_use": False,
-    }
+        return data_reply({"id": f"key-{name}", "name": name, "public_key": self.ssh_keys[name]})
 
 
 def _handler_for(api: FakeLambda) -> type[BaseHTTPRequestHandler]:
@@ -436,7 +338,7 @@ def _handler_for(api: FakeLambda) -> type[BaseHTTPRequestHandler]:
                 body = None
             path = self.path.split("?", 1)[0]
             if not path.startswith(API_PREFIX):
-                reply = _error(404, "global/object-does-not-exist", f"no route {path}")
+                reply = error_reply(404, "global/object-does-not-exist", f"no route {path}")
             else:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 reply = api.handle(self.command, path.removeprefix(API_PREFIX), headers, body)
