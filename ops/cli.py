@@ -10,7 +10,6 @@ from typing import Annotated, Any, NoReturn
 
 import redis
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from jobs.results import SweepSummary
@@ -24,6 +23,7 @@ from ops.views import (
     job_json,
     jobs_table,
     sweep_json,
+    terminal,
 )
 from queue_app.admission import QueueDrained
 from queue_app.connection import get_store
@@ -32,8 +32,8 @@ from queue_app.settings import get_settings
 from queue_app.statemachine import JobState
 from queue_app.store import Store
 
-console = Console()
-err = Console(stderr=True)
+console = terminal()
+err = terminal(stderr=True)
 
 app = typer.Typer(help="Run sweeps of SAE training jobs on rented GPUs.", no_args_is_help=True)
 sweep_app = typer.Typer(help="Submit and follow sweeps.", no_args_is_help=True)

@@ -13,13 +13,13 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.console import Console
 from rich.table import Table
 
 from jobs.planner import SweepPlan, plan_sweep
 from jobs.providers.errors import AuthError
 from jobs.providers.lambda_cloud import LambdaCloud, from_settings, read_api_key
 from jobs.spec import SpecError, SweepSpec, load_sweep_file
+from ops.views import terminal
 from queue_app.settings import get_settings
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def _live_provider(spec: SweepSpec) -> tuple[LambdaCloud | AWSProvider | None, l
 
 def print_plan(plan: SweepPlan, notes: list[str] | None = None) -> None:
     """The plan for people: warnings, the candidate table, the pick and the totals."""
-    console = Console(highlight=False)
+    console = terminal(highlight=False)
     if not console.is_terminal:
         console.width = PLAIN_WIDTH
     jobs = len(plan.jobs)

@@ -29,7 +29,6 @@ import time
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
 from jobs.instances import confirm_terminated
 from jobs.providers import ProviderError
@@ -43,6 +42,7 @@ from ops.queue_state import (
     worker_queues,
 )
 from ops.steps import StepReport, log_to_file, run_script
+from ops.views import terminal
 from queue_app.admission import PAUSE_REQUEST, clear_drained, drain_state, set_drained
 from queue_app.connection import get_store
 from queue_app.errors import StaleAttempt
@@ -293,14 +293,14 @@ def drain_command(
         raise typer.BadParameter("--status and --undo exclude each other")
     settings = get_settings()
     log_to_file(settings)
-    console = None if json_out else Console()
+    console = None if json_out else terminal()
     if status:
         snap = snapshot(celery_app(settings), get_store(settings))
         if json_out:
             StepReport(None).finish(True, status=snap)
         else:
             for part in status_tables(snap):
-                Console().print(part)
+                terminal().print(part)
         return
     report = StepReport(console)
     if undo_:

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from ops.errors import OpsError
+from ops.views import terminal
 from queue_app.celery_commands import celery_argv
 from queue_app.settings import Settings, get_settings, read_or_create_secret
 
@@ -147,7 +147,7 @@ def flower_command(
         )
     except FlowerConfigError as exc:
         raise typer.BadParameter(str(exc)) from None
-    console = Console(stderr=True)
+    console = terminal(stderr=True)
     if creds is not None and creds.generated_at is not None:
         console.print(
             f"Flower user [bold]{creds.user}[/], generated password [bold]{creds.password}[/]\n"

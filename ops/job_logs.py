@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ops.errors import OpsError
+from ops.views import terminal
 from queue_app.connection import get_store
 from queue_app.logs import CONTEXT_FIELDS, redact
 from queue_app.records import InstanceRecord, JobRecord
@@ -190,7 +191,7 @@ def logs_command(
     settings = get_settings()
     store = get_store(settings)
     job = store.job(job_id)
-    console = Console(soft_wrap=True)
+    console = terminal(soft_wrap=True)
     services = ServiceLogs(settings.logs_dir, job_id)
     print_lines(console, "", [format_record(e) for e in services.new_records()])
     workers = worker_logs(store, settings, job) if remote else []

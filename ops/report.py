@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from rich.console import Console
 
 from jobs.job_cost import costs_by_job
+from ops.views import terminal
 from queue_app.connection import get_store
 from queue_app.logs import redact
 from queue_app.records import JobRecord, SweepRecord
@@ -243,4 +243,4 @@ def report_command(
     path = write_report(
         get_store(settings), settings, sweep_id, "md" if fmt == "md" else "html", out
     )
-    Console().print(f"report: {path}", highlight=False)
+    terminal().print(f"report: {path}", highlight=False)

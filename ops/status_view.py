@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from jobs.job_cost import costs_by_job, sweep_cost_usd
-from ops.views import fmt_duration, grid_label, job_suffix, short_ids, state_markup
+from ops.views import fmt_duration, grid_label, job_suffix, short_ids, state_markup, terminal
 from queue_app.connection import get_store
 from queue_app.records import InstanceRecord, JobRecord
 from queue_app.settings import get_settings
@@ -288,7 +288,7 @@ def show(
             if not watch:
                 return
             time.sleep(interval)
-    console = Console()
+    console = terminal()
     if not watch:
         print_status(console, render(fleet_status(store, sweep_id, everything), wide), wide)
         return

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ops.views import terminal
 from queue_app.logs import redact, setup_logging
 from queue_app.settings import Settings
 
@@ -91,7 +92,7 @@ def run_script(command: Callable[..., None]) -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except redis.exceptions.ConnectionError:
-        Console(stderr=True).print(
+        terminal(stderr=True).print(
             "[red]error:[/] cannot reach saefleet's Redis: start it with `saefleet up` "
             "(or set SAEFLEET_REDIS_URL)",
             highlight=False,

@@ -32,7 +32,6 @@ from typing import Annotated, Any
 
 import redis
 import typer
-from rich.console import Console
 
 from ops.steps import StepReport, log_to_file, run_script
 from ops.stopping import cancel_job, stop_training
@@ -45,6 +44,7 @@ from ops.teardown_providers import (
     terminate_all,
     verify_gone,
 )
+from ops.views import terminal
 from queue_app.admission import set_drained
 from queue_app.connection import connect
 from queue_app.records import JobRecord
@@ -212,7 +212,7 @@ def teardown_command(
         typer.confirm("Terminate every saefleet instance and cancel every running job?", abort=True)
     settings = get_settings()
     log_to_file(settings)
-    console = None if json_out else Console()
+    console = None if json_out else terminal()
     report = StepReport(console)
     result = teardown(settings, report, provider, checkpoint_timeout, verify_timeout)
     if console is not None:

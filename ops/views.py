@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from rich.console import Console
 from rich.table import Table
 
 from jobs.job_cost import job_cost_usd
@@ -22,6 +23,12 @@ STATE_COLOURS = {
     "PAUSED": "blue",
     "TRAINING": "cyan",
 }
+
+
+def terminal(stderr: bool = False, **options: Any) -> Console:
+    """A Rich console that prints names, paths and messages as they are: no emoji codes (a sweep
+    key `:v:` stays `:v:`, not ✌). Callers escape markup in what they did not write."""
+    return Console(stderr=stderr, emoji=False, **options)
 
 
 def state_markup(state: str) -> str:

@@ -11,6 +11,7 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
+from ops.views import terminal
 from queue_app.settings import get_settings
 from watchdog.report import TickReport
 from watchdog.tick import live_context, run_tick
@@ -21,7 +22,7 @@ def tick_command(once: bool, json_out: bool) -> int:
     Exit code 0 when the tick(s) ran (or were skipped because another tick held the lock), 1
     when a check failed or Redis is unreachable."""
     settings = get_settings()
-    console, err = Console(), Console(stderr=True)
+    console, err = terminal(), terminal(stderr=True)
     status = 0
     while True:
         try:

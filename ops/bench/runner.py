@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from ops.views import terminal
 from queue_app.celery_commands import worker_argv
 from queue_app.processes import free_port, redis_server_binary, spawn_detached, stop_process
 from queue_app.redis_server import start_redis
@@ -251,7 +251,7 @@ def bench_queue_command(
     if json_out:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return
-    console = Console()
+    console = terminal()
     console.print(render(result))
     for line in verdicts(result):
         console.print(line)
