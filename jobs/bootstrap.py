@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from jobs.bundle import ensure_bundle
-from jobs.checkpoints import newest_pulled_checkpoint
+from jobs.checkpoints import newest_stored_checkpoint
 from jobs.errors import StageFailed
 from jobs.instances import open_ssh
 from jobs.remote import RemoteLayout, layout_for, reuses_local_venv, worker_hostname, worker_python
@@ -91,7 +91,7 @@ def _upload(
     ssh.put_bytes(_secrets_env(ctx).encode(), layout.secrets_env, mode=0o600)
     script = _start_script(ctx, instance, layout, remote_wheel)
     ssh.put_bytes(script.encode(), layout.start_script, mode=0o700)
-    checkpoint = newest_pulled_checkpoint(ctx.settings, ctx.ref.sweep_id, ctx.ref.job_id)
+    checkpoint = newest_stored_checkpoint(ctx.settings, ctx.ref.sweep_id, ctx.ref.job_id)
     if checkpoint is not None:
         _upload_dir(ssh, checkpoint, posixpath.join(layout.checkpoints_dir, checkpoint.name))
         ctx.update_attempt(resume_from=checkpoint.name)

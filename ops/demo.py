@@ -73,7 +73,7 @@ def run_demo(console: Console, n_jobs: int = 3) -> int:
     console.print(f"[bold]4/4[/] finished in {elapsed:.0f}s")
     console.print(results_table(store, sweep.sweep_id))
     console.print(f"summary: {final.summary_path}")
-    artifacts = Path(final.summary_path or "").parent
+    artifacts = (final.summary_path or "").rpartition("/")[0]
     console.print(f"artifacts (SAE weights, metrics, plots, checkpoints): {artifacts}")
     console.print(f"left running at the provider: {len(store.instances(live_only=True))} instances")
     ok = all(j.state is JobState.SUCCEEDED for j in store.sweep_jobs(sweep.sweep_id))
