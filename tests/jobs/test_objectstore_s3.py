@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -31,26 +30,20 @@ from jobs.objectstore import (
 from jobs.objectstore_s3 import CompletedPart, S3Store, UploadPlan
 from jobs.presigned_upload import upload_file
 from queue_app.settings import Settings
-from tests.support.moto_s3 import TEST_CREDENTIALS, moto_s3_server
+from tests.support.moto_s3 import TEST_CREDENTIALS
 
 PARENT = "sw1/job1/checkpoints"
 
 
-@pytest.fixture(scope="module")
-def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with moto_s3_server(tmp_path_factory.mktemp("moto") / "moto.log") as url:
-        yield url
-
-
 @pytest.fixture
-def s3(endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> S3Store:
+def s3(moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> S3Store:
     """A fresh bucket in moto, opened the way SAEFLEET_STORE_URL opens it."""
     for name, value in TEST_CREDENTIALS.items():
         monkeypatch.setenv(name, value)
     bucket = f"sf-test-{secrets.token_hex(4)}"
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=bucket)
     settings = Settings(
-        home=tmp_path / "home", store_url=f"s3://{bucket}/fleet", store_endpoint_url=endpoint
+        home=tmp_path / "home", store_url=f"s3://{bucket}/fleet", store_endpoint_url=moto_endpoint
     )
     store = open_store(settings)
     assert isinstance(store, S3Store)
@@ -157,12 +150,12 @@ def test_expired_urls_are_reissued_before_use(s3: S3Store, tmp_path: Path) -> No
 
 
 def test_a_missing_bucket_is_a_config_error_naming_it(
-    endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name, value in TEST_CREDENTIALS.items():
         monkeypatch.setenv(name, value)
     settings = Settings(
-        home=tmp_path, store_url="s3://no-such-bucket/x", store_endpoint_url=endpoint
+        home=tmp_path, store_url="s3://no-such-bucket/x", store_endpoint_url=moto_endpoint
     )
     with pytest.raises(StoreConfigError, match="s3://no-such-bucket/x: bucket does not exist"):
         open_store(settings).check()
