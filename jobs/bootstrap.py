@@ -25,6 +25,9 @@ from queue_app.statemachine import JobState
 
 log = logging.getLogger(__name__)
 
+WANDB_KEY_VARIABLE = "WANDB_API_KEY"
+"""Where wandb on the instance reads its key."""
+
 TUNNEL_TIMEOUT_S = 120.0
 LOG_TAIL_LINES = 30
 
@@ -100,10 +103,13 @@ def _upload(
 
 
 def _secrets_env(ctx: StageContext) -> str:
-    """The worker's secret environment: the Hugging Face token, when the orchestrator has one."""
-    name = ctx.config.hf_token_env
-    token = os.environ.get(name)
-    return f"{name}={shlex.quote(token)}\n" if token else ""
+    """The worker's secret environment (a 0600 file the start script sources): the Hugging Face
+    token, and the W&B key when the job is tracked, each when the orchestrator has one."""
+    secrets = {ctx.config.hf_token_env: os.environ.get(ctx.config.hf_token_env)}
+    tracking = ctx.config.tracking
+    if tracking is not None:
+        secrets[WANDB_KEY_VARIABLE] = os.environ.get(tracking.wandb_key_env)
+    return "".join(f"{name}={shlex.quote(value)}\n" for name, value in secrets.items() if value)
 
 
 def _upload_dir(ssh: SSHSession, local: Path, remote: str) -> None:
