@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import shutil
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
@@ -146,6 +147,16 @@ def describe_file(path: Path, name: str, part_size: int = PART_SIZE) -> ObjectEn
     )
 
 
+def part_sha256(path: Path, part_size: int) -> list[str]:
+    """SHA-256 of each part of a file, base64: one hash pass, every byte covered."""
+    with path.open("rb") as handle:
+        parts = [
+            b64(hashlib.sha256(block).digest())
+            for block in iter(lambda: handle.read(part_size), b"")
+        ]
+    return parts or [b64(hashlib.sha256(b"").digest())]
+
+
 def describe_folder(folder: Path, part_size: int = PART_SIZE) -> StoreManifest:
     """The manifest of every file under `folder` (names relative, `/`-separated)."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != STORE_MANIFEST)
@@ -224,7 +235,7 @@ def _local_matches(path: Path, entry: ObjectEntry) -> bool:
     return (
         path.is_file()
         and path.stat().st_size == entry.size
-        and describe_file(path, entry.name, entry.part_size).sha256 == entry.sha256
+        and part_sha256(path, entry.part_size) == entry.part_sha256
     )
 
 
@@ -290,8 +301,14 @@ class FileStore:
 
 
 def open_store(settings: Settings) -> ObjectStore:
-    """The store `SAEFLEET_STORE_URL` names (default: the file store under SAEFLEET_HOME)."""
+    """The store `SAEFLEET_STORE_URL` names (default: the file store under SAEFLEET_HOME); one
+    per process and URL (an S3 client is built once)."""
     url = settings.store_url or (settings.home / "artifacts").absolute().as_uri()
+    return _open_store(url, settings.store_endpoint_url, settings.home)
+
+
+@lru_cache(maxsize=16)
+def _open_store(url: str, endpoint_url: str | None, home: Path) -> ObjectStore:
     parts = urlsplit(url)
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
@@ -305,8 +322,8 @@ def open_store(settings: Settings) -> ObjectStore:
         return S3Store(
             bucket=parts.netloc,
             prefix=parts.path.strip("/"),
-            endpoint_url=settings.store_endpoint_url,
-            cache_root=settings.home / "store-cache",
+            endpoint_url=endpoint_url,
+            cache_root=home / "store-cache",
         )
     raise StoreConfigError(
         f"SAEFLEET_STORE_URL {url!r}: unknown scheme {parts.scheme!r} (use file:// or s3://)"
