@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from jobs.objectstore import StoreConfigError
 from jobs.results import SweepSummary
 from jobs.spec import SpecError, load_sweep_file
 from ops import controlplane
@@ -357,7 +358,7 @@ def main() -> None:
         sys.exit(code if isinstance(code, int) else 0)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (SpecError, BadInput) as exc:
+    except (SpecError, BadInput, StoreConfigError) as exc:
         print_error(str(exc))
         sys.exit(2)
     except NotFoundError as exc:

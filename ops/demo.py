@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from jobs.job_cost import job_cost_usd
+from jobs.objectstore import open_store
 from jobs.spec import load_sweep_file
 from jobs.submission import submit_sweep
 from jobs.tiny_sweep import tiny_sweep
@@ -49,6 +50,7 @@ TIMEOUT_S = 30 * 60
 def run_demo(console: Console, n_jobs: int = 3) -> int:
     """Run the demo sweep; returns the exit code (0 when every job succeeded)."""
     settings = get_settings()
+    open_store(settings).check()  # an unusable SAEFLEET_STORE_URL: exit 2 before anything runs
     console.rule("[bold]saefleet demo")
     console.print("[bold]1/4[/] control plane")
     for name, what in controlplane.up(settings).items():
