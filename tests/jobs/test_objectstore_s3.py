@@ -30,7 +30,7 @@ from jobs.objectstore import (
 from jobs.objectstore_s3 import CompletedPart, S3Store, UploadPlan
 from jobs.presigned_upload import upload_file
 from queue_app.settings import Settings
-from tests.support.moto_s3 import TEST_CREDENTIALS
+from tests.support.moto_s3 import ENFORCE_AUTH, TEST_CREDENTIALS, moto_s3_server
 
 PARENT = "sw1/job1/checkpoints"
 
@@ -159,3 +159,14 @@ def test_a_missing_bucket_is_a_config_error_naming_it(
     )
     with pytest.raises(StoreConfigError, match="s3://no-such-bucket/x: bucket does not exist"):
         open_store(settings).check()
+
+
+def test_a_bucket_that_denies_access_is_a_config_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in TEST_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)  # keys this server does not know: every call is denied
+    with moto_s3_server(tmp_path / "moto.log", env=ENFORCE_AUTH) as endpoint:
+        settings = Settings(home=tmp_path, store_url="s3://theirs/x", store_endpoint_url=endpoint)
+        with pytest.raises(StoreConfigError, match="the bucket denies access"):
+            open_store(settings).check()

@@ -4,6 +4,7 @@ dummies; the server accepts any."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -30,15 +31,20 @@ def moto_server_binary() -> str:
     return found
 
 
+ENFORCE_AUTH = {"INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+"""moto_server's environment to check credentials (unknown keys are denied, as by S3)."""
+
+
 @contextmanager
-def moto_s3_server(log_path: Path) -> Iterator[str]:
-    """Start moto_server, yield its endpoint URL, stop it."""
+def moto_s3_server(log_path: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Start moto_server (with `env` added to ours), yield its endpoint URL, stop it."""
     port = free_port()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [moto_server_binary(), "-H", "127.0.0.1", "-p", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
