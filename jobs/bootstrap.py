@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from jobs.bundle import ensure_bundle
-from jobs.checkpoints import newest_pulled_checkpoint
+from jobs.checkpoints import newest_stored_checkpoint
 from jobs.errors import StageFailed
 from jobs.instances import open_ssh
 from jobs.remote import RemoteLayout, layout_for, reuses_local_venv, worker_hostname, worker_python
@@ -24,6 +24,9 @@ from queue_app.records import InstanceRecord
 from queue_app.statemachine import JobState
 
 log = logging.getLogger(__name__)
+
+WANDB_KEY_VARIABLE = "WANDB_API_KEY"
+"""Where wandb on the instance reads its key."""
 
 TUNNEL_TIMEOUT_S = 120.0
 LOG_TAIL_LINES = 30
@@ -91,7 +94,7 @@ def _upload(
     ssh.put_bytes(_secrets_env(ctx).encode(), layout.secrets_env, mode=0o600)
     script = _start_script(ctx, instance, layout, remote_wheel)
     ssh.put_bytes(script.encode(), layout.start_script, mode=0o700)
-    checkpoint = newest_pulled_checkpoint(ctx.settings, ctx.ref.sweep_id, ctx.ref.job_id)
+    checkpoint = newest_stored_checkpoint(ctx.settings, ctx.ref.sweep_id, ctx.ref.job_id)
     if checkpoint is not None:
         _upload_dir(ssh, checkpoint, posixpath.join(layout.checkpoints_dir, checkpoint.name))
         ctx.update_attempt(resume_from=checkpoint.name)
@@ -100,10 +103,13 @@ def _upload(
 
 
 def _secrets_env(ctx: StageContext) -> str:
-    """The worker's secret environment: the Hugging Face token, when the orchestrator has one."""
-    name = ctx.config.hf_token_env
-    token = os.environ.get(name)
-    return f"{name}={shlex.quote(token)}\n" if token else ""
+    """The worker's secret environment (a 0600 file the start script sources): the Hugging Face
+    token, and the W&B key when the job is tracked, each when the orchestrator has one."""
+    secrets = {ctx.config.hf_token_env: os.environ.get(ctx.config.hf_token_env)}
+    tracking = ctx.config.tracking
+    if tracking is not None:
+        secrets[WANDB_KEY_VARIABLE] = os.environ.get(tracking.wandb_key_env)
+    return "".join(f"{name}={shlex.quote(value)}\n" for name, value in secrets.items() if value)
 
 
 def _upload_dir(ssh: SSHSession, local: Path, remote: str) -> None:

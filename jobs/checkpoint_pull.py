@@ -1,6 +1,6 @@
-"""Pulling a finished segment's checkpoint off its instance into the checkpoint store: the one
-function that `supervise_training`, the watchdog's drain step and teardown all use, so a
-checkpoint counts as kept only once it verifies in the store, whoever pulled it.
+"""Pulling a finished segment's checkpoint off its instance into the store (jobs.checkpoints):
+the one function that `supervise_training`, the watchdog's drain step and teardown all use, so
+a checkpoint counts as kept only once it verifies in the store, whoever pulled it.
 
 Only one process pulls a job's checkpoint at a time (a renewed Redis lease); the others are told
 so and look again later. SSH errors (`jobs.ssh.SSHError`) pass through to the caller.
@@ -11,7 +11,13 @@ from __future__ import annotations
 import logging
 import posixpath
 
-from jobs.checkpoints import prune_pulled_checkpoints, verify_pulled_checkpoint
+from jobs.checkpoints import (
+    checkpoint_stored,
+    prune_stored_checkpoints,
+    pulled_checkpoint_dir,
+    store_pulled_checkpoint,
+    verify_pulled_checkpoint,
+)
 from jobs.errors import JobsError
 from jobs.instances import open_ssh
 from jobs.remote import layout_for
@@ -44,16 +50,17 @@ def pull_segment_checkpoint(
         if not held:
             return False
         name = posixpath.basename(record.segment_checkpoint.rstrip("/"))
-        local = settings.checkpoints_dir(job.sweep_id, job.job_id) / name
-        remote = posixpath.join(layout_for(instance).run_dir, record.segment_checkpoint)
-        if not verify_pulled_checkpoint(local):
-            with open_ssh(instance, settings) as ssh:
-                ssh.get_dir(remote, local)
+        if not checkpoint_stored(settings, job.sweep_id, job.job_id, name):
+            local = pulled_checkpoint_dir(settings, job.sweep_id, job.job_id, name)
+            remote = posixpath.join(layout_for(instance).run_dir, record.segment_checkpoint)
             if not verify_pulled_checkpoint(local):
+                with open_ssh(instance, settings) as ssh:
+                    ssh.get_dir(remote, local)
+            if not store_pulled_checkpoint(settings, job.sweep_id, job.job_id, name):
                 raise CheckpointNotKept(f"checkpoint {name} failed verification after the pull")
         store.update_job(job.job_id, record.attempt, latest_checkpoint=name)
         store.update_attempt(job.job_id, record.attempt, pulled_segment=record.segment)
         keep = job.job_spec.config.train.keep_checkpoints
-        prune_pulled_checkpoints(settings, job.sweep_id, job.job_id, keep)
+        prune_stored_checkpoints(settings, job.sweep_id, job.job_id, keep)
         log.info("checkpoint %s of segment %d is in the store", name, record.segment)
         return True

@@ -1,18 +1,28 @@
 """Stage `collect`: final SAE weights, metrics, eval report, plots and the worker's log from the
-instance into the artifact store (`SAEFLEET_HOME/artifacts/<sweep>/<job>/`)."""
+instance into the store (jobs.objectstore: `<sweep>/<job>/final/`, `<sweep>/<job>/logs/`); the
+final folder is published with its manifest and verified there."""
 
 from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 from jobs.errors import StageFailed
 from jobs.instances import open_ssh
+from jobs.objectstore import (
+    StoreError,
+    describe_file,
+    final_prefix,
+    job_prefix,
+    open_store,
+    publish_folder,
+    worker_log_key,
+)
 from jobs.remote import RemoteLayout, layout_for
 from jobs.ssh import SSHError, SSHSession
 from jobs.stage_base import StageContext, stage
+from queue_app.settings import Settings
 from queue_app.statemachine import JobState
 
 log = logging.getLogger(__name__)
@@ -24,29 +34,41 @@ def collect(ctx: StageContext) -> None:
     ctx.advance(JobState.COLLECTING)
     instance = ctx.require_instance()
     layout = layout_for(instance)
-    job_dir = ctx.settings.job_dir(ctx.ref.sweep_id, ctx.ref.job_id)
-    final = job_dir / "final"
+    sweep_id, job_id = ctx.ref.sweep_id, ctx.ref.job_id
+    store = open_store(ctx.settings)
+    final = store.local_dir(final_prefix(sweep_id, job_id))
     with open_ssh(instance, ctx.settings) as ssh:
         ssh.get_dir(layout.final_dir, final)
-        fetch_worker_log(ssh, layout, job_dir, ctx.ref.attempt)
+        fetch_worker_log(ssh, layout, ctx.settings, sweep_id, job_id, ctx.ref.attempt)
     metrics_file = final / "metrics.json"
     if not metrics_file.exists():
         raise StageFailed(f"training finished without {metrics_file.name} in run/final")
+    publish_folder(store, final_prefix(sweep_id, job_id), final)
     metrics = headline_metrics(json.loads(metrics_file.read_text()))
-    ctx.store.update_job(
-        ctx.ref.job_id, ctx.ref.attempt, metrics=metrics, artifacts_dir=str(job_dir)
-    )
-    log.info("collected artifacts into %s", job_dir)
+    location = store.location(job_prefix(sweep_id, job_id))
+    ctx.store.update_job(job_id, ctx.ref.attempt, metrics=metrics, artifacts_dir=location)
+    log.info("collected artifacts into %s", location)
     ctx.advance(JobState.TERMINATING)
 
 
-def fetch_worker_log(ssh: SSHSession, layout: RemoteLayout, job_dir: Path, attempt: int) -> None:
-    """Copy the GPU-side worker's log of `attempt` into the artifact store, where `saefleet
-    logs` reads it once the instance is gone (best effort: a failure is logged)."""
+def fetch_worker_log(
+    ssh: SSHSession,
+    layout: RemoteLayout,
+    settings: Settings,
+    sweep_id: str,
+    job_id: str,
+    attempt: int,
+) -> None:
+    """Copy the GPU-side worker's log of `attempt` into the store, where `saefleet logs` reads
+    it once the instance is gone (best effort: a failure is logged)."""
+    store = open_store(settings)
+    key = worker_log_key(sweep_id, job_id, attempt)
+    local = store.local_dir(key)
     try:
-        ssh.get(layout.worker_log, job_dir / "logs" / f"worker-a{attempt}.log")
-    except SSHError as exc:
-        log.warning("could not fetch the worker log: %s", exc)
+        ssh.get(layout.worker_log, local)
+        store.put_file(key, local, describe_file(local, key))
+    except (SSHError, StoreError) as exc:
+        log.warning("could not keep the worker log: %s", exc)
 
 
 def headline_metrics(raw: dict[str, Any]) -> dict[str, Any]:

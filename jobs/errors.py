@@ -18,7 +18,9 @@ JobsError                      retryable = False unless marked
 │   └── SSHAuthError, HostKeyMismatch, CommandFailed, RemotePathError
 ├── SpecError                  (jobs.spec) a sweep file or spec is invalid (also a ValueError)
 ├── SubmitRefused              (jobs.submission) over budget, or a preflight check failed
-└── BundleError                (jobs.bundle) the code bundle cannot be built
+├── BundleError                (jobs.bundle) the code bundle cannot be built
+└── StoreError                 (jobs.objectstore) retryable: the store failed a call
+    └── StoreConfigError       the store URL or its bucket is unusable (missing, denied)
 """
 
 from __future__ import annotations

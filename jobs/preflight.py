@@ -7,6 +7,8 @@ Each check passes, fails with one line saying what to do, or is SKIPPED when it 
 - ssh-key: the fleet's key pair is registered at Lambda, or its name is free to register.
 - file-system: the sweep's persistent filesystem exists (and in an allowed region).
 - aws-credentials, aws-ssh-cidrs, aws-regions: see jobs.preflight_aws.
+- wandb-key: a tracked sweep has its W&B key in the job's `tracking.wandb_key_env` (or runs
+  offline).
 - model / dataset: a local path exists; a hub id is reachable with the token in the job's
   `hf_token_env` (gated repos such as meta-llama/Llama-3.1-8B need an accepted license).
 
@@ -110,7 +112,23 @@ def run_preflight(
         results.append(hub.check("model", model, token_env))
     for dataset, token_env in sorted({(j.dataset, j.hf_token_env) for j in jobs}):
         results.append(hub.check("dataset", dataset, token_env))
+    for key_env in sorted({j.tracking.wandb_key_env for j in jobs if j.tracking}):
+        results.append(_wandb_key_check(key_env))
     return PreflightReport(results=results)
+
+
+def _wandb_key_check(key_env: str) -> CheckResult:
+    """W&B tracking needs its key on the control plane (offline runs need none)."""
+    if os.environ.get(key_env):
+        return CheckResult(check="wandb-key", status="passed", message=f"{key_env} is set")
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        return CheckResult(check="wandb-key", status="passed", message="W&B runs offline")
+    return CheckResult(
+        check="wandb-key",
+        status="failed",
+        message=f"tracking is on but {key_env} is not set: export your W&B API key "
+        "(https://wandb.ai/authorize) or set WANDB_MODE=offline",
+    )
 
 
 # ---- Lambda ------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from jobs.catalog import CATALOGS
 from jobs.errors import JobsError
-from queue_app.jobspec import JobConfig, JobSpec, ProviderSpec, SpecModel
+from queue_app.jobspec import JobConfig, JobSpec, ProviderSpec, SpecModel, TrackingSpec
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -40,6 +40,9 @@ class SweepSpec(SpecModel):
     name: str = Field(..., description="Letters, digits, '.', '_' and '-' (at most 48).")
     provider: ProviderSpec = ProviderSpec()
     budget_usd: float | None = Field(None, gt=0, description="Spend limit for the whole sweep.")
+    tracking: TrackingSpec | None = Field(
+        None, description="W&B tracking of every job (a job's own `tracking` wins)."
+    )
     job: dict[str, Any] = Field(..., description="The base job (see JobConfig).")
     grid: dict[str, list[Any]] = Field(
         default_factory=dict, description="Dotted path into `job` -> values to sweep."
@@ -74,6 +77,8 @@ class SweepSpec(SpecModel):
         for index, values in enumerate(itertools.product(*self.grid.values())):
             overrides = dict(zip(paths, values, strict=True))
             raw = copy.deepcopy(self.job)
+            if self.tracking is not None:
+                raw.setdefault("tracking", self.tracking.model_dump(exclude_unset=True))
             for path, value in overrides.items():
                 set_path(raw, path, value)
             config = _validate(JobConfig, raw, "job", overrides)

@@ -11,6 +11,7 @@ import time
 from jobs.canvas import sweep_chord
 from jobs.errors import JobsError
 from jobs.instances import provider_for
+from jobs.objectstore import StoreError, open_store
 from jobs.planner import SweepPlan, plan_sweep
 from jobs.preflight import PreflightReport, run_preflight
 from jobs.providers import PermanentProviderError, Provider
@@ -34,8 +35,13 @@ class SubmitRefused(JobsError):
 def check_submission(
     spec: SweepSpec, settings: Settings, *, force: bool = False
 ) -> tuple[SweepPlan, PreflightReport]:
-    """The cost plan and the preflight; SubmitRefused when the estimate exceeds the budget
-    (unless `force`) or a preflight check failed. Nothing is launched or written."""
+    """The store, the cost plan and the preflight; SubmitRefused when the store is unusable, the
+    estimate exceeds the budget (unless `force`) or a preflight check failed. Nothing is
+    launched or written."""
+    try:
+        open_store(settings).check()
+    except StoreError as exc:
+        raise SubmitRefused([str(exc)]) from None
     provider = _live_provider(spec, settings)
     plan = plan_sweep(spec, provider)
     refusal = plan.budget_refusal()

@@ -1,6 +1,6 @@
 """`finalize_sweep`, the sweep chord's body: runs once, after every job chain has yielded its
 result, and writes the sweep's summary (best SAE, cost, GPU-hours, preemptions, early-stopping
-savings) as `summary.json` plus an FVU-vs-L0 plot into the sweep's artifact folder."""
+savings) as `<sweep>/summary.json` plus an FVU-vs-L0 plot into the store (jobs.objectstore)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 from celery import Task
 
+from jobs.objectstore import describe_file, open_store, summary_key
 from jobs.pipeline import FINALIZE_SWEEP_TASK
 from jobs.results import JobResult, build_summary
 from queue_app.celery_app import app
@@ -18,7 +19,6 @@ from queue_app.connection import get_store
 from queue_app.logs import log_context
 from queue_app.notify import Event, notify
 from queue_app.settings import get_settings
-from sae.atomic_files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +31,22 @@ def finalize_sweep(task: Task, results: list[dict[str, Any]], sweep_id: str) -> 
         sweep = store.sweep(sweep_id)
         jobs = [JobResult.model_validate(r) for r in results]
         summary = build_summary(sweep_id, sweep.name, jobs)
-        out_dir = settings.sweep_dir(sweep_id)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / "summary.json"
-        write_atomic(path, json.dumps(summary.model_dump(mode="json"), indent=2, sort_keys=True))
-        plot_frontier(jobs, out_dir / "fvu_vs_l0.png")
-        runs = store.finish_sweep(sweep_id, str(path))
+        artifacts = open_store(settings)
+        key = summary_key(sweep_id)
+        text = json.dumps(summary.model_dump(mode="json"), indent=2, sort_keys=True)
+        artifacts.put_bytes(key, text.encode())
+        plot = artifacts.local_dir(f"{sweep_id}/fvu_vs_l0.png")
+        if plot_frontier(jobs, plot):
+            artifacts.put_file(f"{sweep_id}/{plot.name}", plot, describe_file(plot, plot.name))
+        path = artifacts.location(key)
+        runs = store.finish_sweep(sweep_id, path)
         log.info("sweep finalized (run %d): %s", runs, summary.line())
         if runs == 1:
             notify(Event.SWEEP_FINISHED, sweep=sweep_id, summary=summary.line())
-        return {"sweep_id": sweep_id, "summary": str(path)}
+        return {"sweep_id": sweep_id, "summary": path}
 
 
-def plot_frontier(results: list[JobResult], path: Path) -> None:
+def plot_frontier(results: list[JobResult], path: Path) -> bool:
     """FVU against L0, one point per finished job (skipped when no job has both)."""
     points = [
         {"name": r.name, "fvu": r.metrics["fvu"], "l0": r.metrics["l0"]}
@@ -53,4 +56,6 @@ def plot_frontier(results: list[JobResult], path: Path) -> None:
     if points:
         from sae.plots import plot_frontier as draw  # matplotlib only, no torch
 
+        path.parent.mkdir(parents=True, exist_ok=True)
         draw(points, path)
+    return bool(points)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from celery import Task
 
+from jobs.tracking import RunTracker
 from queue_app.celery_app import TRAIN_SEGMENT_TASK, app
 from queue_app.connection import get_store
 from queue_app.errors import StaleAttempt
@@ -101,15 +102,24 @@ def train_segment(task: Task, job_id: str, attempt: int, segment: int, instance_
             return
         config = _job_config(workdir)
         control = RunControl(store, job_id, attempt)
+        tracker = _tracker(config, store, job_id, attempt, workdir)
+
+        def on_progress(progress: dict[str, Any]) -> None:
+            control.on_progress(progress)
+            if tracker is not None:
+                tracker.log_progress(progress)
+
         try:
             run = _training_run(job_id, attempt, workdir)
             result = run.train(
                 max_seconds=config.segment_minutes * 60,
                 should_stop=control.should_stop,
-                on_progress=control.on_progress,
+                on_progress=on_progress,
                 heartbeat_path=workdir / "run" / "heartbeat.json",
             )
         except Exception as exc:
+            if tracker is not None:
+                tracker.finish()
             log.exception("segment %d failed", segment)
             _finish(
                 store,
@@ -120,6 +130,8 @@ def train_segment(task: Task, job_id: str, attempt: int, segment: int, instance_
                 segment_error=redact(f"{type(exc).__name__}: {exc}")[:2000],
             )
             return
+        if tracker is not None:
+            tracker.finish(result.metrics.get("evals") if result.done else None)
         checkpoint = Path(result.checkpoint).resolve().relative_to((workdir / "run").resolve())
         _finish(
             store,
@@ -137,6 +149,15 @@ def train_segment(task: Task, job_id: str, attempt: int, segment: int, instance_
             result.step,
             "finished" if result.done else "stopped" if result.stopped else "time up",
         )
+
+
+def _tracker(
+    config: JobConfig, store: Store, job_id: str, attempt: int, workdir: Path
+) -> RunTracker | None:
+    """The job's W&B run for this segment, when the job is tracked."""
+    if config.tracking is None:
+        return None
+    return RunTracker.open(config.tracking, config, store.job(job_id), attempt, workdir)
 
 
 def _finish(

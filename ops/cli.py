@@ -12,6 +12,7 @@ import redis
 import typer
 from rich.markup import escape
 
+from jobs.objectstore import StoreConfigError
 from jobs.results import SweepSummary
 from jobs.spec import SpecError, load_sweep_file
 from ops import controlplane
@@ -173,17 +174,22 @@ def follow_sweep(sweep_id: str, json_out: bool) -> None:
             time.sleep(1.0)
         emit_json(sweep_json(s, s.sweep(sweep_id)))
     else:
-        print_summary(follow(console, s, sweep_id).summary_path)
+        print_summary(follow(console, s, sweep_id).sweep_id)
     if any(j.state is not JobState.SUCCEEDED for j in s.sweep_jobs(sweep_id)):
         raise typer.Exit(1)
 
 
-def print_summary(summary_path: str | None) -> None:
-    if not summary_path or not Path(summary_path).exists():
+def print_summary(sweep_id: str) -> None:
+    """The finished sweep's summary.json, read from the store."""
+    from jobs.objectstore import open_store, summary_key
+
+    artifacts = open_store(get_settings())
+    raw = artifacts.get_bytes(summary_key(sweep_id))
+    if raw is None:
         return
-    summary = SweepSummary.model_validate_json(Path(summary_path).read_text())
+    summary = SweepSummary.model_validate_json(raw)
     console.print(f"[bold]summary:[/] {summary.line()}")
-    console.print(f"artifacts: {Path(summary_path).parent}")
+    console.print(f"artifacts: {artifacts.location(sweep_id)}")
 
 
 # ---- jobs ---------------------------------------------------------------------------------------
@@ -352,7 +358,7 @@ def main() -> None:
         sys.exit(code if isinstance(code, int) else 0)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (SpecError, BadInput) as exc:
+    except (SpecError, BadInput, StoreConfigError) as exc:
         print_error(str(exc))
         sys.exit(2)
     except NotFoundError as exc:

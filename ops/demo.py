@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from jobs.job_cost import job_cost_usd
+from jobs.objectstore import open_store
 from jobs.spec import load_sweep_file
 from jobs.submission import submit_sweep
 from jobs.tiny_sweep import tiny_sweep
@@ -49,6 +50,7 @@ TIMEOUT_S = 30 * 60
 def run_demo(console: Console, n_jobs: int = 3) -> int:
     """Run the demo sweep; returns the exit code (0 when every job succeeded)."""
     settings = get_settings()
+    open_store(settings).check()  # an unusable SAEFLEET_STORE_URL: exit 2 before anything runs
     console.rule("[bold]saefleet demo")
     console.print("[bold]1/4[/] control plane")
     for name, what in controlplane.up(settings).items():
@@ -73,7 +75,7 @@ def run_demo(console: Console, n_jobs: int = 3) -> int:
     console.print(f"[bold]4/4[/] finished in {elapsed:.0f}s")
     console.print(results_table(store, sweep.sweep_id))
     console.print(f"summary: {final.summary_path}")
-    artifacts = Path(final.summary_path or "").parent
+    artifacts = (final.summary_path or "").rpartition("/")[0]
     console.print(f"artifacts (SAE weights, metrics, plots, checkpoints): {artifacts}")
     console.print(f"left running at the provider: {len(store.instances(live_only=True))} instances")
     ok = all(j.state is JobState.SUCCEEDED for j in store.sweep_jobs(sweep.sweep_id))

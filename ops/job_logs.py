@@ -97,7 +97,7 @@ class WorkerLog:
     attempt: int
     instance: InstanceRecord
     settings: Settings
-    job_dir: Path
+    job: JobRecord
     offset: int = 0  # bytes already shown (SSH: of the remote file)
 
     @property
@@ -111,10 +111,14 @@ class WorkerLog:
     def tail(self, lines: int) -> list[str]:
         """The last `lines` lines (and remember where the file ends)."""
         if not self.live:
-            copy = self.job_dir / "logs" / f"worker-a{self.attempt}.log"
-            if not copy.exists():
-                return [f"(no copy of this worker log in {copy.parent})"]
-            text = copy.read_text(errors="replace")
+            from jobs.objectstore import open_store, worker_log_key
+
+            store = open_store(self.settings)
+            key = worker_log_key(self.job.sweep_id, self.job.job_id, self.attempt)
+            copy = store.get_bytes(key)
+            if copy is None:
+                return [f"(no copy of this worker log at {store.location(key)})"]
+            text = copy.decode(errors="replace")
             self.offset = len(text.encode())
             return text.splitlines()[-lines:]
         path = self._remote_path()
@@ -163,7 +167,7 @@ def worker_logs(store: Store, settings: Settings, job: JobRecord) -> list[Worker
                     attempt.attempt,
                     store.instance(attempt.instance_id),
                     settings,
-                    settings.job_dir(job.sweep_id, job.job_id),
+                    job,
                 )
             )
     return out

@@ -60,9 +60,12 @@ def job_history(job: JobRecord) -> list[dict[str, Any]]:
     if history:
         return list(history)
     if job.artifacts_dir:
-        path = Path(job.artifacts_dir) / "final" / "metrics.json"
-        if path.exists():
-            return list(json.loads(path.read_text()).get("history", []))
+        from jobs.objectstore import final_prefix, open_store
+
+        key = f"{final_prefix(job.sweep_id, job.job_id)}/metrics.json"
+        raw = open_store(get_settings()).get_bytes(key)
+        if raw is not None:
+            return list(json.loads(raw).get("history", []))
     return []
 
 

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from jobs.checkpoint_pull import CheckpointNotKept, pull_segment_checkpoint
+from jobs.objectstore import StoreError
 from jobs.ssh import SSHError
 from ops.steps import StepReport
 from queue_app.errors import IllegalTransition, NotFoundError, StaleAttempt
@@ -111,7 +112,7 @@ def _settle(store: Store, settings: Settings, job_id: str, reason: str, stop: Tr
                     return False
             except StaleAttempt:
                 return False
-            except (CheckpointNotKept, SSHError, NotFoundError) as exc:
+            except (CheckpointNotKept, SSHError, StoreError, NotFoundError) as exc:
                 stop.lost[job_id] = f"segment {record.segment} could not be kept: {exc}"
     cancelled = cancel_job(store, job_id, reason)
     if cancelled is None:

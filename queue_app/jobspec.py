@@ -93,6 +93,18 @@ class GPUSpec(SpecModel):
     )
 
 
+class TrackingSpec(SpecModel):
+    """Experiment tracking: one Weights & Biases run per job, grouped by sweep."""
+
+    wandb_project: str = Field(..., min_length=1, description="W&B project the runs go to.")
+    wandb_entity: str | None = Field(None, description="W&B team or user (default: the key's).")
+    wandb_key_env: str = Field(
+        "WANDB_API_KEY",
+        description="Variable on the control plane holding the W&B API key; it reaches the "
+        "instance's worker like the HF token, never a log, record or task.",
+    )
+
+
 class JobConfig(RunConfig):
     """One job: a training run plus how the fleet runs it."""
 
@@ -111,6 +123,9 @@ class JobConfig(RunConfig):
     )
     max_wait_for_capacity_s: float = Field(
         3600.0, ge=0, description="How long provisioning waits for capacity before failing."
+    )
+    tracking: TrackingSpec | None = Field(
+        None, description="Log training to W&B (a sweep's top-level `tracking` sets it)."
     )
 
     def run_config(self) -> RunConfig:

@@ -68,6 +68,21 @@ class Settings(BaseSettings):
         description="Local provider: run the instance's worker with this venv's Python instead "
         "of creating a venv on the instance (the code bundle is still uploaded and used).",
     )
+    local_instances_root: Path | None = Field(
+        default=None,
+        validation_alias="SAEFLEET_LOCAL_INSTANCES_DIR",
+        description="Local provider: where its instances live (default: SAEFLEET_HOME/"
+        "local-instances); two homes that share it see one fleet, like one cloud account.",
+    )
+    store_url: str | None = Field(
+        default=None,
+        description="Where checkpoints and artifacts live: file:///path or s3://bucket/prefix "
+        "(default: file://SAEFLEET_HOME/artifacts).",
+    )
+    store_endpoint_url: str | None = Field(
+        default=None,
+        description="Endpoint of a non-AWS S3-compatible store (R2, MinIO, GCS interoperability).",
+    )
     log_level: str = Field(default="INFO", description="Log level of every service.")
     service_name: str = Field(
         default="saefleet", description="Names this process's log file (logs/<name>.log)."
@@ -185,7 +200,7 @@ class Settings(BaseSettings):
 
     @property
     def local_instances_dir(self) -> Path:
-        return self.home / "local-instances"
+        return self.local_instances_root or self.home / "local-instances"
 
     @property
     def flower_dir(self) -> Path:

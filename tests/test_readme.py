@@ -15,11 +15,12 @@ INTERNAL = {"service_name", "worker_role", "redis_url_file"}  # set by saefleet 
 
 def test_every_setting_is_documented() -> None:
     readme = (ROOT / "README.md").read_text()
-    missing = [
-        f"SAEFLEET_{name.upper()}"
-        for name in Settings.model_fields
-        if name not in INTERNAL and f"`SAEFLEET_{name.upper()}`" not in readme
+    variables = [
+        str(field.validation_alias or f"SAEFLEET_{name.upper()}")
+        for name, field in Settings.model_fields.items()
+        if name not in INTERNAL
     ]
+    missing = [variable for variable in variables if f"`{variable}`" not in readme]
     assert missing == []
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 from jobs.checkpoint_pull import CheckpointNotKept, pull_segment_checkpoint
 from jobs.collect import fetch_worker_log
 from jobs.instances import open_ssh
+from jobs.objectstore import StoreError
 from jobs.remote import layout_for
 from jobs.ssh import SSHError
 from queue_app.admission import PAUSE_REQUEST, drain_state
@@ -81,7 +82,7 @@ def _pulled(ctx: TickContext, job: JobRecord, tracked: Tracked, record: AttemptR
     except CheckpointNotKept as exc:  # pulling again cannot help: pause with the one before
         ctx.report.error(CHECK, job.job_id, f"segment {record.segment} is lost: {exc}")
         return True
-    except (SSHError, StaleAttempt) as exc:
+    except (SSHError, StoreError, StaleAttempt) as exc:
         ctx.report.error(CHECK, job.job_id, f"cannot pull segment {record.segment}: {exc}")
         return False
 
@@ -93,8 +94,8 @@ def _keep_worker_log(ctx: TickContext, tracked: Tracked) -> None:
         return
     try:
         with open_ssh(instance, ctx.settings, timeout=LOG_SSH_TIMEOUT_S) as ssh:
-            job_dir = ctx.settings.job_dir(job.sweep_id, job.job_id)
-            fetch_worker_log(ssh, layout_for(instance), job_dir, instance.attempt)
+            layout = layout_for(instance)
+            fetch_worker_log(ssh, layout, ctx.settings, job.sweep_id, job.job_id, instance.attempt)
     except (SSHError, ValueError) as exc:
         ctx.report.error(CHECK, job.job_id, f"worker log not kept: {exc}")
 

@@ -15,7 +15,8 @@ A file `<root>/no-capacity` (`refuse_capacity`) makes launches fail with Capacit
 cloud out of the type would.
 
 Statuses: booting (until boot_delay_s has passed), active, unhealthy (its sshd died without
-terminate/preempt), terminated, preempted. Spot instances die on their own schedule when
+terminate/preempt, or it was recorded as ended while its sshd still runs: it is reported gone only
+once its processes are), terminated, preempted. Spot instances die on their own schedule when
 `preempt_rate` > 0: a preemption time drawn at launch takes effect when get()/list() see it.
 """
 
@@ -246,9 +247,10 @@ class LocalProvider:
             log.info("local instance %s reached its preemption time", record.id)
             self.preempt(record.id)
             record = self._load(record.id)
+        sshd_pid = self._sshd_pid(record)
         if record.ended is not None:
-            status = InstanceStatus(record.ended)
-        elif self._sshd_pid(record) is None:
+            status = InstanceStatus(record.ended) if sshd_pid is None else InstanceStatus.UNHEALTHY
+        elif sshd_pid is None:
             status = InstanceStatus.UNHEALTHY
         elif now < record.ready_at:
             status = InstanceStatus.BOOTING
@@ -281,18 +283,19 @@ class LocalProvider:
             self._load(instance_id)  # NotFound before touching its directory
             with _locked(self._dir(instance_id) / ".lock"):
                 record = self._load(instance_id)
-                if record.ended is not None:
+                listener = self._sshd_pid(record)
+                if record.ended is not None and listener is None:
                     return
                 # Frozen first, sshd accepts no connection while its sessions are stopped: a
                 # session forked during the kill would outlive its killed parent unrecognised.
-                listener = self._sshd_pid(record)
                 if listener is not None:
                     with suppress(ProcessLookupError):
                         os.kill(listener, signal.SIGSTOP)
                 stop_instance_processes(
                     instance_id, self._dir(instance_id) / "sshd_config", grace_s
                 )
-                self._save(record.model_copy(update={"ended": how, "ended_at": time.time()}))
+                if record.ended is None:
+                    self._save(record.model_copy(update={"ended": how, "ended_at": time.time()}))
         log.info("local instance %s %s", instance_id, how)
 
 

@@ -3,7 +3,8 @@ that runs in its sessions, found in /proc and stopped.
 
 sshd hands every session `SAEFLEET_LOCAL_INSTANCE=<id>` (SetEnv); that marker survives
 `setsid nohup`, so `stop_instance_processes` finds what ran on the instance, detached or not,
-together with the descendants of the instance's sshd (recognised by its config path).
+together with the descendants of the instance's sshd (recognised by its config path, resolved:
+two homes may reach one instance folder by different paths, e.g. through a symlink).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 
 from jobs.providers.errors import PermanentProviderError, ProviderError
 from queue_app.processes import (
-    cmdline,
     free_port,
     pid_alive,
     process_state,
@@ -97,8 +97,15 @@ def _await_listening(pid: int, port: int, log_path: Path, log_start: int) -> str
 
 
 def sshd_runs(pid: int, sshd_config: Path) -> bool:
-    """The process `pid` runs and is the sshd started with `sshd_config` (not a reused pid)."""
-    return pid_alive(pid) and str(sshd_config) in cmdline(pid)
+    """The process `pid` runs and is the sshd started with `sshd_config` (not a reused pid),
+    whichever path to that file it was started with."""
+    if not pid_alive(pid):
+        return False
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return _is_sshd_with_config(argv, sshd_config.resolve())
 
 
 def _sshd_env() -> dict[str, str]:
@@ -114,7 +121,7 @@ def _instance_pids(instance_id: str, sshd_config: Path) -> set[int]:
     descendants (connections, sessions), and every process whose environment carries the
     instance marker (detached ones included)."""
     marker = f"{INSTANCE_ENV_VAR}={instance_id}".encode()
-    config = str(sshd_config).encode()
+    config = sshd_config.resolve()
     children: dict[int, list[int]] = {}
     found: set[int] = set()
     for entry in Path("/proc").iterdir():
@@ -141,10 +148,21 @@ def _instance_pids(instance_id: str, sshd_config: Path) -> set[int]:
     return found
 
 
-def _is_sshd_with_config(argv: bytes, config: bytes) -> bool:
-    """True for an sshd started with `config` (also after it retitled itself "sshd: ...")."""
+def _is_sshd_with_config(argv: bytes, config: Path) -> bool:
+    """True for an sshd started with the config file `config` (a resolved path), by any path
+    to it, also after it retitled itself ("sshd: /usr/sbin/sshd -D -e -f <config> [listener]")."""
     program = argv.split(b"\0")[0].split(b" ")[0].rstrip(b":")
-    return program.rsplit(b"/", 1)[-1] == b"sshd" and config in argv
+    if program.rsplit(b"/", 1)[-1] != b"sshd":
+        return False
+    args = [a for a in argv.split(b"\0") if a]
+    words = args if b"-f" in args else args[0].split(b" ")
+    if b"-f" not in words[:-1]:
+        return False
+    given = Path(os.fsdecode(words[words.index(b"-f") + 1]))
+    try:
+        return given.resolve() == config
+    except OSError:
+        return False
 
 
 def stop_instance_processes(instance_id: str, sshd_config: Path, grace_s: float) -> None:

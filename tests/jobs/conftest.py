@@ -21,6 +21,7 @@ from queue_app.celery_app import app
 from queue_app.settings import Settings
 from queue_app.store import Store
 from tests.jobs.stage_world import StageWorld
+from tests.support.moto_s3 import moto_s3_server
 from tests.support.servers import require_sshd
 
 LaunchLocal = Callable[..., Instance]
@@ -135,3 +136,10 @@ def stage_world(
     monkeypatch.setattr(app.Task, "retry", world.record_retry)
     monkeypatch.setattr(app.Task, "replace", world.record_replace)
     yield world
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto's S3 server, its own process on a loopback port, for one test module."""
+    with moto_s3_server(tmp_path_factory.mktemp("moto") / "moto.log") as url:
+        yield url

@@ -309,3 +309,22 @@ def test_report_lines_are_one_per_check() -> None:
     )
     assert report.lines() == ["FAILED model: do this"]
     assert json.loads(report.model_dump_json())["results"][0]["status"] == "failed"
+
+
+def test_tracking_needs_the_wandb_key_unless_offline(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, data = tmp_path / "lm", tmp_path / "d.jsonl"
+    model.mkdir()
+    data.write_text("{}\n")
+    tracked = sweep(model=str(model), dataset=str(data), tracking={"wandb_project": "p"})
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    [failed] = run_preflight(tracked, settings, None).failures
+    assert failed.check == "wandb-key" and "WANDB_API_KEY is not set" in failed.message
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert run_preflight(tracked, settings, None).ok
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_API_KEY", "k-secret-123")
+    report = run_preflight(tracked, settings, None)
+    assert report.ok and "k-secret-123" not in " ".join(report.lines())

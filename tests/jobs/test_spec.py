@@ -96,3 +96,21 @@ def test_unreadable_and_non_mapping_files(tmp_path: Path) -> None:
     path.write_text("name: [unclosed\n")
     with pytest.raises(SpecError, match="not valid YAML"):
         load_sweep_file(path)
+
+
+def test_a_sweeps_tracking_reaches_every_job_unless_the_job_sets_its_own() -> None:
+    text = BASE + "tracking: {wandb_project: sweeps, wandb_entity: team}\ngrid:\n  sae.k: [4, 8]\n"
+    jobs = parse_sweep_text(text).expand()
+    assert [(j.config.tracking.wandb_project if j.config.tracking else None) for j in jobs] == [
+        "sweeps",
+        "sweeps",
+    ]
+    own = text.replace("job:\n", "job:\n  tracking: {wandb_project: mine}\n")
+    assert {
+        j.config.tracking.wandb_project for j in parse_sweep_text(own).expand() if j.config.tracking
+    } == {"mine"}
+
+
+def test_tracking_without_a_project_is_refused_naming_the_field() -> None:
+    with pytest.raises(SpecError, match=r"tracking\.wandb_project"):
+        parse_sweep_text(BASE + "tracking: {wandb_entity: team}\n")

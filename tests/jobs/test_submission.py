@@ -44,3 +44,13 @@ def test_missing_local_model_fails_preflight(plane: ControlPlane, tmp_path: Path
     assert result.returncode == 2
     assert "FAILED" in result.stderr and str(tmp_path / "nope") in result.stderr
     assert plane.store.r.keys("sf:*") == []
+
+
+def test_an_unusable_store_url_is_refused_before_anything_runs(
+    plane: ControlPlane, fleet_assets: dict[str, Path], tmp_path: Path
+) -> None:
+    plane.env["SAEFLEET_STORE_URL"] = "gs://bucket/sweeps"
+    result = plane.run("sweep", "submit", str(write_sweep(tmp_path, fleet_assets)))
+    assert result.returncode == 2, result.stderr
+    assert "SAEFLEET_STORE_URL" in result.stderr and "unknown scheme 'gs'" in result.stderr
+    assert plane.store.r.keys("sf:*") == []

@@ -81,6 +81,14 @@ def test_teardown_with_nothing_running(settings: Settings, store: Store) -> None
     assert "no provider is configured and no instance recorded" in outcome.out
 
 
+def test_an_unusable_store_url_stops_the_demo_before_anything_runs(
+    settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SAEFLEET_STORE_URL", "gs://bucket/sweeps")
+    assert_refused(saefleet("demo"), store, "SAEFLEET_STORE_URL", "unknown scheme 'gs'")
+    assert not (settings.home / "run").exists()  # no control-plane service was started
+
+
 def test_the_real_command_refuses_bad_input(
     base: dict[str, Any], tmp_path: Path, settings: Settings, store: Store
 ) -> None:
