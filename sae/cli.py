@@ -91,11 +91,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from sae.bench import print_table, run_benchmark
-
     # The reference libraries print notices to stdout; --json output must stay parseable.
     with contextlib.redirect_stdout(sys.stderr):
-        results = run_benchmark(steps=args.steps, quick=args.quick)
+        if args.suite == "pack":
+            from sae.pack_bench import print_pack_table as print_table
+            from sae.pack_bench import run_pack_benchmark
+
+            results = run_pack_benchmark(args.quick, args.steps, args.device)
+        else:
+            from sae.bench import print_table, run_benchmark
+
+            results = run_benchmark(steps=args.steps, quick=args.quick)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
     if args.json:
@@ -148,8 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=cmd_eval)
 
-    bench = verbs.add_parser("bench", help="training-step throughput vs references")
+    bench = verbs.add_parser(
+        "bench", help="training-step throughput vs references (steps), or packing (pack)"
+    )
+    bench.add_argument("suite", nargs="?", choices=("steps", "pack"), default="steps")
     bench.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
+    bench.add_argument("--device", default=None, help="pack: cpu, cuda ... (default: cuda if any)")
     bench.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     bench.add_argument("--out", default=None, help="also write the JSON here")
     bench.add_argument("--json", action="store_true")
