@@ -27,9 +27,9 @@ from transformers.utils import logging as hf_logging
 from sae.activations import activations_of
 from sae.config import RunConfig
 from sae.corpus import write_corpus
-from sae.lm import load_lm
+from sae.lm import LoadedLM, load_lm
 from sae.pack import PackRun
-from sae.packing import Cursor, iter_contexts
+from sae.packing import Cursor, iter_contexts, valid_mask
 from sae.tiny_lm import make_tiny_lm
 from sae.trainer import SAETrainer
 
@@ -72,6 +72,15 @@ def _configs(model: Path, corpus: Path, size: dict[str, int]) -> list[RunConfig]
     ]
 
 
+def _one_batch_of_contexts(config: RunConfig, lm: LoadedLM) -> torch.Tensor:
+    """The contexts the stream reads for its first batch (as many as hold batch_tokens)."""
+    contexts = iter_contexts(config, lm.tokenizer, Cursor(), None)
+    ids: list[torch.Tensor] = []
+    while sum(int(valid_mask(i, lm.tokenizer).sum()) for i in ids) < config.train.batch_tokens:
+        ids.append(next(contexts).ids)
+    return torch.stack(ids)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -110,9 +119,7 @@ def run_pack_benchmark(
         configs = _configs(model, corpus, size)
         first = configs[0]
         lm = load_lm(first.model, device=target, lm_dtype="auto", token_env="HF_TOKEN")
-        contexts = iter_contexts(first, lm.tokenizer, Cursor(), None)
-        per_batch = -(-size["batch_tokens"] // (CONTEXT_LEN - 1))
-        ids = torch.stack([next(contexts).ids for _ in range(per_batch)])
+        ids = _one_batch_of_contexts(first, lm)
         layer = [size["layer"]]
         timed: dict[str, Callable[[], Any]] = {
             "forward": partial(activations_of, lm, layer, ids, 16),
