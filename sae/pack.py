@@ -72,18 +72,18 @@ def run_config_of(config: RunConfig) -> RunConfig:
     return RunConfig.model_validate(config.model_dump(include=set(RunConfig.model_fields)))
 
 
-def _with_half_micro_batch(config: RunConfig) -> RunConfig:
+def _with_half_micro_batch(config: RunConfig, message: str) -> RunConfig:
     """`config` with twice the gradient accumulation (OutOfMemory when that is impossible)."""
     raw = config.model_dump()
     raw["train"]["grad_accum_steps"] *= 2
     try:
         return RunConfig.model_validate(raw)
-    except ValidationError as exc:
+    except ValidationError:
         raise OutOfMemory(
-            f"out of memory at a micro-batch of {config.train.micro_batch_tokens} tokens, "
-            "which cannot be halved (train.batch_tokens / train.grad_accum_steps): "
-            "a GPU with more memory is needed"
-        ) from exc
+            f"out of memory ({message}) at a micro-batch of "
+            f"{config.train.micro_batch_tokens} tokens, which cannot be halved "
+            "(train.batch_tokens / train.grad_accum_steps): a GPU with more memory is needed"
+        ) from None
 
 
 class PackRun:
@@ -172,8 +172,12 @@ class PackRun:
                 break
             try:
                 self.step(reporter.beat)
+                out_of_memory = None
             except torch.OutOfMemoryError as exc:
-                self._recover_from_oom(exc)
+                out_of_memory = str(exc)  # recover below, once the traceback (and the
+                # tensors its frames hold) is gone
+            if out_of_memory is not None:
+                self._recover_from_oom(out_of_memory)
                 start_tokens = [member.trainer.tokens for member in self.members]
                 self._segment_start = (started, start_tokens)
                 continue
@@ -223,14 +227,14 @@ class PackRun:
                 )
         self.position += 1
 
-    def _recover_from_oom(self, exc: torch.OutOfMemoryError) -> None:
+    def _recover_from_oom(self, message: str) -> None:
         """Restore every member from its newest checkpoint with half the micro-batch."""
-        configs = [_with_half_micro_batch(config) for config in self.configs]
+        configs = [_with_half_micro_batch(config, message) for config in self.configs]
         log.warning(
             "out of memory at step %d (%s): resuming from the newest checkpoints with "
             "grad_accum_steps %s",
             self.position,
-            exc,
+            message,
             [c.train.grad_accum_steps for c in configs],
         )
         self.oom_restarts.append(
