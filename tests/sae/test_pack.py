@@ -18,7 +18,8 @@ from sae.run import TrainingRun
 from tests.sae.conftest import tiny_config
 from tests.sae.test_run import stop_after
 
-TOKENS = 8192  # 16 steps of 512
+STEPS = 8
+TOKENS = STEPS * 512
 
 
 def members(tiny_lm: Path, corpus: Path, **train: Any) -> list[Any]:
@@ -47,7 +48,7 @@ def straight(tiny_lm: Path, corpus: Path, tmp_path_factory: pytest.TempPathFacto
     root = tmp_path_factory.mktemp("straight")
     dirs = [root / "a", root / "b"]
     result = PackRun(members(tiny_lm, corpus), dirs).train()
-    assert [m.done for m in result.members] == [True, True] and result.position == 16
+    assert [m.done for m in result.members] == [True, True] and result.position == STEPS
     return dirs
 
 
@@ -87,7 +88,7 @@ def test_resumed_pack_is_bit_identical_to_an_uninterrupted_one(tiny_lm, corpus, 
         checkpoints = {Path(m.checkpoint).name for m in result.members}
         assert len(checkpoints) == 1  # every member at the same stream position
     result = PackRun(configs, dirs).train()
-    assert all(m.done and m.step == 16 for m in result.members)
+    assert all(m.done and m.step == STEPS for m in result.members)
     for ours, theirs in zip(dirs, straight, strict=True):
         assert_same_weights(ours, theirs)
 
@@ -115,7 +116,7 @@ def test_out_of_memory_resumes_with_half_the_micro_batch(tiny_lm, corpus, straig
     assert result.oom_restarts == [
         {"at_step": 5, "grad_accum_steps": [2, 2], "micro_batch_tokens": [256, 256]}
     ]
-    assert all(m.done and m.step == 16 for m in result.members)
+    assert all(m.done and m.step == STEPS for m in result.members)
     for ours, theirs in zip(dirs, straight, strict=True):  # the same math, float-close
         for name, tensor in weights(ours).items():
             assert torch.allclose(tensor, weights(theirs)[name], atol=1e-4), name
@@ -153,7 +154,7 @@ def test_early_stopping_and_failing_members_drop_out_alone(tiny_lm, corpus, stra
     pack.members[3].trainer.step = broken_step  # type: ignore[method-assign]
     result = pack.train()
     ok, stopped, nan, raising = result.members
-    assert ok.done and ok.error is None and ok.step == 16
+    assert ok.done and ok.error is None and ok.step == STEPS
     assert stopped.done and stopped.early_stopped and stopped.tokens < TOKENS
     assert json.loads((dirs[1] / "final" / "metrics.json").read_text())["train"]["early_stopped"]
     assert not nan.done and nan.error is not None and nan.error.startswith("TrainingDiverged")
