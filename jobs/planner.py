@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from jobs.catalog import CATALOGS
+from jobs.packs import PlannedPack, check_one_pack, group_jobs
 from jobs.placement import Candidate, allowed_types, candidates, capacity_for, usable
 from jobs.providers.base import Capacity, InstanceType, Provider
 from jobs.providers.errors import ProviderError
@@ -23,7 +24,14 @@ from jobs.providers.local import REGION as LOCAL_REGION
 from jobs.providers.local import SPOT_PRICE_FRACTION
 from jobs.spec import SweepSpec
 from jobs.spot_choice import CLOUD_SETUP_HOURS, RATE_TABLES, spot_estimate
-from jobs.throughput import Throughput, estimate, gpu_device, model_shape
+from jobs.throughput import (
+    Throughput,
+    estimate,
+    gpu_device,
+    lm_flops_per_token,
+    model_shape,
+    sae_flops_per_token,
+)
 from queue_app.jobspec import JobConfig, JobSpec, ProviderSpec
 
 PriceSource = Literal["live", "catalog", "spec"]
@@ -68,8 +76,24 @@ class JobEstimate(_Frozen):
     basis: str
 
 
+class PackEstimate(_Frozen):
+    """Jobs that share one activation stream on one instance (the pick of its first job): one
+    LM forward and every member's SAE step per token, one setup."""
+
+    jobs: list[int]
+    layers: list[int]
+    memory_gb: float | None
+    instance_type: str | None
+    hours: float | None
+    cost_usd: float | None
+    split: str | None
+    """Why the next job of this pack's group went into another pack (max_pack_size, memory)."""
+
+
 class SweepPlan(_Frozen):
-    """What `saefleet plan` shows and `sweep submit` checks against the budget."""
+    """What `saefleet plan` shows and `sweep submit` checks against the budget (the jobs
+    one per instance, as the fleet runs them; `packs` and `packed_*` say what packing saves).
+    """
 
     sweep: str
     provider: str
@@ -84,6 +108,10 @@ class SweepPlan(_Frozen):
     estimated_hours: float | None
     estimated_cost_usd: float | None
     budget_usd: float | None
+    max_pack_size: int
+    packs: list[PackEstimate]
+    packed_hours: float | None
+    packed_cost_usd: float | None
     preemption_rates_as_of: date | None = None
     """The date of the preemption-rate table `auto` weighed spot with (None: not weighed)."""
 
@@ -134,6 +162,9 @@ def plan_sweep(spec: SweepSpec, provider: Provider | None, today: date | None = 
     rates = RATE_TABLES.get(spec.provider.name)
     costs = [e.cost_usd for e in estimates]
     hours = [e.hours for e in estimates]
+    packs = _pack_estimates(spec, jobs, estimates, types, setup)
+    pack_costs = [p.cost_usd for p in packs]
+    pack_hours = [p.hours for p in packs]
     return SweepPlan(
         sweep=spec.name,
         provider=spec.provider.name,
@@ -149,6 +180,62 @@ def plan_sweep(spec: SweepSpec, provider: Provider | None, today: date | None = 
         estimated_cost_usd=None if None in costs else sum(c or 0 for c in costs),
         budget_usd=spec.budget_usd,
         preemption_rates_as_of=rates.as_of if rates else None,
+        max_pack_size=spec.max_pack_size,
+        packs=packs,
+        packed_hours=None if None in pack_hours else sum(h or 0 for h in pack_hours),
+        packed_cost_usd=None if None in pack_costs else sum(c or 0 for c in pack_costs),
+    )
+
+
+def _pack_estimates(
+    spec: SweepSpec,
+    jobs: list[JobSpec],
+    estimates: list[JobEstimate],
+    types: list[InstanceType],
+    setup: float,
+) -> list[PackEstimate]:
+    """The sweep's packs (jobs.packs), each priced on its first job's pick. SpecError when
+    `pack_all` asks for one pack that cannot be."""
+    if spec.pack_all:
+        check_one_pack(jobs, spec.max_pack_size)
+    by_name = {t.name: t for t in types}
+    picked = {e.index: by_name.get(e.instance_type or "") for e in estimates}
+    capacity = {index: t.gpu_memory_gb if t else None for index, t in picked.items()}
+    shapes = {model: model_shape(model) for model in {j.config.model for j in jobs}}
+    packs = group_jobs(jobs, spec.max_pack_size, shapes, capacity)
+    by_index = {j.index: j for j in jobs}
+    prices = {e.index: e.price_per_hour for e in estimates}
+    return [
+        _pack_estimate(p, [by_index[i].config for i in p.jobs], picked[p.jobs[0]], prices, setup)
+        for p in packs
+    ]
+
+
+def _pack_estimate(
+    pack: PlannedPack,
+    configs: list[JobConfig],
+    itype: InstanceType | None,
+    prices: dict[int, float | None],
+    setup: float,
+) -> PackEstimate:
+    hours = None
+    one = _throughput(configs[0], itype) if itype else None
+    shape = model_shape(configs[0].model)
+    if one is not None and shape is not None:
+        effective = one.tokens_per_s * one.flops_per_token
+        deepest = max(configs, key=lambda c: c.layer)
+        flops = lm_flops_per_token(deepest, shape)
+        flops += sum(sae_flops_per_token(c.sae, shape.d_model) for c in configs)
+        hours = configs[0].train.total_tokens * flops / effective / 3600 + setup
+    price = prices[pack.jobs[0]]
+    return PackEstimate(
+        jobs=pack.jobs,
+        layers=pack.layers,
+        memory_gb=pack.memory_gb,
+        instance_type=itype.name if itype else None,
+        hours=hours,
+        cost_usd=None if hours is None or price is None else hours * price,
+        split=pack.split,
     )
 
 

@@ -24,6 +24,7 @@ from queue_app.jobspec import JobConfig, JobSpec, ProviderSpec, SpecModel, Track
 M = TypeVar("M", bound=BaseModel)
 
 MAX_JOBS_PER_SWEEP = 1000
+MAX_PACK_SIZE = 64
 MAX_SPEC_BYTES = 1 << 20
 MAX_YAML_NODES = 20_000
 MAX_YAML_DEPTH = 32
@@ -46,6 +47,15 @@ class SweepSpec(SpecModel):
     job: dict[str, Any] = Field(..., description="The base job (see JobConfig).")
     grid: dict[str, list[Any]] = Field(
         default_factory=dict, description="Dotted path into `job` -> values to sweep."
+    )
+    max_pack_size: int = Field(
+        8,
+        ge=1,
+        le=MAX_PACK_SIZE,
+        description="Most jobs that share one activation stream on one instance (1: no packing).",
+    )
+    pack_all: bool = Field(
+        False, description="Every job in one pack; refused when they cannot share a stream."
     )
 
     @field_validator("name")

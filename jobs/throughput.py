@@ -140,10 +140,14 @@ def gpu_device(description: str) -> Device | None:
 
 def flops_per_token(config: JobConfig, shape: ModelShape) -> float:
     """Training FLOP per activation token (see the module docstring)."""
+    return lm_flops_per_token(config, shape) + sae_flops_per_token(config.sae, shape.d_model)
+
+
+def lm_flops_per_token(config: JobConfig, shape: ModelShape) -> float:
+    """The LM forward's FLOP per token up to the hooked layer (see the module docstring)."""
     layers = min(config.layer, shape.n_layers - 1) + 1
     attention = 2 * config.context_len * shape.n_heads * shape.head_dim
-    lm = layers * (2 * shape.params_per_layer() + attention)
-    return float(lm + sae_flops_per_token(config.sae, shape.d_model))
+    return float(layers * (2 * shape.params_per_layer() + attention))
 
 
 def sae_flops_per_token(sae: SAEConfig, d_in: int) -> float:

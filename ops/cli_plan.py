@@ -95,6 +95,9 @@ def print_plan(plan: SweepPlan, notes: list[str] | None = None) -> None:
     else:
         console.print("Pick: none has capacity now; submit would wait for capacity")
     console.print(_totals(plan))
+    if plan.packs:
+        console.print(_packs_table(plan))
+        console.print(_packed_totals(plan))
     if plan.jobs:
         console.print(f"Throughput: {plan.jobs[0].basis}", soft_wrap=True)
     refusal = plan.budget_refusal()
@@ -156,6 +159,38 @@ def _totals(plan: SweepPlan) -> str:
         f"Estimate: {plan.estimated_hours:.2f} instance-hours, ${plan.estimated_cost_usd:.2f} "
         f"for the sweep (setup {plan.setup_hours_per_job:.2f} h a job included); {budget}"
     )
+
+
+def _packs_table(plan: SweepPlan) -> Table:
+    table = Table(title=f"Packs (jobs sharing one LM forward; max_pack_size {plan.max_pack_size})")
+    for column in ("jobs", "layers", "GPU GB", "type", "h", "$", "split because"):
+        table.add_column(column, justify="right" if column in ("GPU GB", "h", "$") else "left")
+    for pack in plan.packs:
+        table.add_row(
+            ", ".join(map(str, pack.jobs)),
+            ", ".join(map(str, pack.layers)),
+            _number(pack.memory_gb, "{:.1f}"),
+            pack.instance_type or "none fits",
+            _number(pack.hours, "{:.2f}"),
+            _number(pack.cost_usd, "{:.2f}"),
+            pack.split or "",
+        )
+    return table
+
+
+def _packed_totals(plan: SweepPlan) -> str:
+    if plan.packed_hours is None or plan.packed_cost_usd is None:
+        return "Packed: not estimated (see the warnings)"
+    line = (
+        f"Packed: {len(plan.packs)} instance(s), {plan.packed_hours:.2f} instance-hours, "
+        f"${plan.packed_cost_usd:.2f}"
+    )
+    if plan.estimated_hours is not None and plan.estimated_cost_usd is not None:
+        line += (
+            f" (one job per instance: {len(plan.jobs)} instance(s), "
+            f"{plan.estimated_hours:.2f} instance-hours, ${plan.estimated_cost_usd:.2f})"
+        )
+    return line + "; the fleet still runs one job per instance, the budget check uses that"
 
 
 def _number(value: float | None, fmt: str) -> str:

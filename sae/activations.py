@@ -10,7 +10,7 @@ batches already served, so it yields exactly what the uninterrupted stream would
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +18,7 @@ from torch import Tensor
 
 from sae.config import RunConfig
 from sae.errors import DataError
-from sae.lm import LoadedLM, residual_after
+from sae.lm import LoadedLM, residuals_after
 from sae.packing import Context, Cursor, iter_contexts, valid_mask
 
 
@@ -53,15 +53,22 @@ def take_holdout(config: RunConfig, lm: LoadedLM) -> HeldOut:
 
 
 def activations_of(
-    lm: LoadedLM, layer: int, ids: Tensor, batch_size: int, tick: Callable[[], None] = lambda: None
-) -> Tensor:
-    """Activations (valid tokens, d_model) of contexts `ids`, on the LM's device, LM dtype."""
-    parts = []
+    lm: LoadedLM,
+    layers: Sequence[int],
+    ids: Tensor,
+    batch_size: int,
+    tick: Callable[[], None] = lambda: None,
+) -> dict[int, Tensor]:
+    """Activations (valid tokens, d_model) of contexts `ids` after each of `layers` (one forward
+    per batch of contexts), on the LM's device, LM dtype."""
+    parts: dict[int, list[Tensor]] = {layer: [] for layer in layers}
     for batch in ids.split(batch_size):
-        hidden = residual_after(lm, layer, batch)
-        parts.append(hidden[valid_mask(batch, lm.tokenizer).to(hidden.device)])
+        hidden = residuals_after(lm, layers, batch)
+        valid = valid_mask(batch, lm.tokenizer).to(lm.device)
+        for layer, tensors in parts.items():
+            tensors.append(hidden[layer][valid])
         tick()
-    return torch.cat(parts)
+    return {layer: torch.cat(tensors) for layer, tensors in parts.items()}
 
 
 @dataclass(frozen=True)
@@ -88,20 +95,26 @@ class StreamState:
 
 
 class ActivationStream:
-    """Batches of (train.batch_tokens, d_model) activations after the held-out part."""
+    """Batches of (train.batch_tokens, d_model) activations after the held-out part, one per
+    layer of `layers` (the same tokens in the same order for each)."""
 
     def __init__(
-        self, config: RunConfig, lm: LoadedLM, train_start: Cursor, state: StreamState | None
+        self,
+        config: RunConfig,
+        lm: LoadedLM,
+        train_start: Cursor,
+        state: StreamState | None,
+        layers: Sequence[int],
     ) -> None:
-        self.config, self.lm = config, lm
+        self.config, self.lm, self.layers = config, lm, tuple(sorted(set(layers)))
         self.state = state or StreamState(0, train_start, 0)
         self._contexts = iter_contexts(config, lm.tokenizer, self.state.chunk_start, train_start)
-        self._buffer: Tensor | None = None
+        self._buffer: dict[int, Tensor] | None = None
         self._order: Tensor | None = None
         self._next_start = self.state.chunk_start
 
-    def next_batch(self, tick: Callable[[], None] = lambda: None) -> Tensor:
-        """The next batch; fills a new chunk when the current one is used up."""
+    def next_batch(self, tick: Callable[[], None] = lambda: None) -> dict[int, Tensor]:
+        """The next batch of each layer; fills a new chunk when the current one is used up."""
         batch_tokens = self.config.train.batch_tokens
         if self._buffer is None:
             self._fill(tick)
@@ -111,7 +124,8 @@ class ActivationStream:
             self._fill(tick)
         assert self._buffer is not None and self._order is not None
         start = self.state.served * batch_tokens
-        batch = self._buffer[self._order[start : start + batch_tokens]]
+        rows = self._order[start : start + batch_tokens]
+        batch = {layer: acts[rows] for layer, acts in self._buffer.items()}
         self.state = StreamState(self.state.chunk, self.state.chunk_start, self.state.served + 1)
         return batch
 
@@ -126,11 +140,12 @@ class ActivationStream:
             valid += int(valid_mask(context.ids, self.lm.tokenizer).sum())
             self._next_start = context.after
         self._buffer = activations_of(
-            self.lm, self.config.layer, torch.stack(ids), train.lm_batch_size, tick
+            self.lm, self.layers, torch.stack(ids), train.lm_batch_size, tick
         )
         seed = (train.seed * 1_000_003 + self.state.chunk) % 2**63
         generator = torch.Generator().manual_seed(seed)
-        self._order = torch.randperm(len(self._buffer), generator=generator).to(self._buffer.device)
+        tokens = len(self._buffer[self.layers[0]])
+        self._order = torch.randperm(tokens, generator=generator).to(self.lm.device)
 
     def state_dict(self) -> dict[str, int]:
         return self.state.as_dict()

@@ -1,4 +1,5 @@
 """`python -m sae train|eval|bench|make-tiny-lm|make-corpus`: the SAE without Redis or Celery.
+`train` with several `--config` files trains them as one pack (sae.pack).
 
 Exit codes: 0 ok, 1 the work failed, 2 bad input (config, paths, arguments).
 """
@@ -32,12 +33,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     from sae.checkpoint import list_checkpoints
     from sae.run import TrainingRun
 
-    config = load_run_config(args.config)
+    configs = [load_run_config(path) for path in args.config]
     out = Path(args.out)
-    if list_checkpoints(out / "checkpoints") and not args.resume:
-        print(f"{out} already holds checkpoints: pass --resume to continue", file=sys.stderr)
+    names = [Path(path).stem for path in args.config]
+    if len(set(names)) < len(names):
+        print("--config files must have distinct names (member i trains in --out/<name>)",
+              file=sys.stderr)  # fmt: skip
         return 2
-    run = TrainingRun(config, out, device=args.device)
+    dirs = [out] if len(configs) == 1 else [out / name for name in names]
+    held = [d for d in dirs if list_checkpoints(d / "checkpoints")]
+    if held and not args.resume:
+        print(f"{held[0]} already holds checkpoints: pass --resume to continue", file=sys.stderr)
+        return 2
+    if len(configs) > 1:
+        return _train_pack(configs, dirs, args)
+    run = TrainingRun(configs[0], out, device=args.device)
     progress = None if args.json else _progress_line
     result = run.train(max_seconds=args.max_seconds, on_progress=progress)
     if not args.json:
@@ -46,6 +56,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.done and not args.json:
         _print(result.metrics["evals"], False, f"final SAE in {out / 'final'}")
     return 0
+
+
+def _train_pack(configs: list[Any], dirs: list[Path], args: argparse.Namespace) -> int:
+    """Several configs: one pack (one LM forward per batch), member i in dirs[i]."""
+    from sae.pack import PackRun
+
+    result = PackRun(configs, dirs, device=args.device).train(max_seconds=args.max_seconds)
+    if args.json:
+        print(json.dumps(result.model_dump(), indent=2))
+    for run_dir, member in zip(dirs, result.members, strict=True):
+        if not args.json:
+            state = member.error or ("done" if member.done else "checkpointed")
+            print(f"{run_dir}: step {member.step}, {member.tokens:,} tokens, {state}")
+    return 1 if any(member.error for member in result.members) else 0
 
 
 def _progress_line(p: dict[str, Any]) -> None:
@@ -91,11 +115,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from sae.bench import print_table, run_benchmark
-
     # The reference libraries print notices to stdout; --json output must stay parseable.
     with contextlib.redirect_stdout(sys.stderr):
-        results = run_benchmark(steps=args.steps, quick=args.quick)
+        if args.suite == "pack":
+            from sae.pack_bench import print_pack_table as print_table
+            from sae.pack_bench import run_pack_benchmark
+
+            results = run_pack_benchmark(args.quick, args.steps, args.device)
+        else:
+            from sae.bench import print_table, run_benchmark
+
+            results = run_benchmark(steps=args.steps, quick=args.quick)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
     if args.json:
@@ -126,9 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sae", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    train = verbs.add_parser("train", help="train an SAE (resumable)")
-    train.add_argument("--config", required=True, help="RunConfig YAML")
-    train.add_argument("--out", required=True, help="run directory")
+    train = verbs.add_parser("train", help="train an SAE, or a pack of them (resumable)")
+    train.add_argument(
+        "--config",
+        required=True,
+        action="append",
+        help="RunConfig YAML; repeat it to train a pack from one activation stream",
+    )
+    train.add_argument(
+        "--out", required=True, help="run directory (a pack: member NAME in --out/NAME)"
+    )
     train.add_argument(
         "--resume", action="store_true", help="continue from the newest valid checkpoint"
     )
@@ -148,8 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=cmd_eval)
 
-    bench = verbs.add_parser("bench", help="training-step throughput vs references")
+    bench = verbs.add_parser(
+        "bench", help="training-step throughput vs references (steps), or packing (pack)"
+    )
+    bench.add_argument("suite", nargs="?", choices=("steps", "pack"), default="steps")
     bench.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
+    bench.add_argument("--device", default=None, help="pack: cpu, cuda ... (default: cuda if any)")
     bench.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     bench.add_argument("--out", default=None, help="also write the JSON here")
     bench.add_argument("--json", action="store_true")

@@ -4,7 +4,9 @@ the fleet fails the job with the message, which names the cause and the fix.
     SAEError              retryable = False for every error below
     ├── ConfigError       a config that validates alone but not against the model
     ├── DataError         dataset missing, unreadable, empty or without a usable text column
-    └── ModelLoadError    model missing, gated without a token, or not a causal LM
+    ├── ModelLoadError    model missing, gated without a token, or not a causal LM
+    ├── TrainingDiverged  a NaN or infinite loss (fails that SAE alone in a pack)
+    └── OutOfMemory       out of GPU memory with no smaller micro-batch left to try
 """
 
 from __future__ import annotations
@@ -29,3 +31,12 @@ class DataError(SAEError):
 
 class ModelLoadError(SAEError):
     """The LM or its tokenizer cannot be loaded."""
+
+
+class TrainingDiverged(SAEError):
+    """The training loss became NaN or infinite."""
+
+
+class OutOfMemory(SAEError):
+    """The device ran out of memory at the smallest micro-batch the batch allows; a larger
+    GPU is the next thing to try."""

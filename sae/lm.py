@@ -6,7 +6,7 @@ with the forward stopped right there, and splice a replacement into that stream.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,8 +96,7 @@ def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 class _Stop(Exception):
-    def __init__(self, hidden: Tensor) -> None:
-        self.hidden = hidden
+    """Raised by the hook on the deepest layer wanted: the forward ends there."""
 
 
 def _hidden(output: Any) -> Tensor:
@@ -105,21 +104,35 @@ def _hidden(output: Any) -> Tensor:
 
 
 @torch.no_grad()
+def residuals_after(lm: LoadedLM, layers: Sequence[int], input_ids: Tensor) -> dict[int, Tensor]:
+    """Residual stream (batch, seq, d_model) after each decoder layer of `layers`, from one
+    forward; the layers after the deepest never run."""
+    captured: dict[int, Tensor] = {}
+    deepest = max(layers)
+
+    def capture(layer: int) -> Callable[..., None]:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            captured[layer] = _hidden(output)
+            if layer == deepest:
+                raise _Stop()
+
+        return hook
+
+    handles = [lm.layers[layer].register_forward_hook(capture(layer)) for layer in set(layers)]
+    try:
+        lm.model(input_ids=input_ids.to(lm.device), use_cache=False)
+    except _Stop:
+        return captured
+    finally:
+        for handle in handles:
+            handle.remove()
+    raise ModelLoadError(f"layer {deepest} of {lm.name} never ran")
+
+
 def residual_after(lm: LoadedLM, layer: int, input_ids: Tensor) -> Tensor:
     """Residual stream (batch, seq, d_model) after decoder layer `layer`; the layers after it
     never run."""
-
-    def stop(_module: nn.Module, _inputs: Any, output: Any) -> None:
-        raise _Stop(_hidden(output))
-
-    handle = lm.layers[layer].register_forward_hook(stop)
-    try:
-        lm.model(input_ids=input_ids.to(lm.device), use_cache=False)
-    except _Stop as stopped:
-        return stopped.hidden
-    finally:
-        handle.remove()
-    raise ModelLoadError(f"layer {layer} of {lm.name} never ran")
+    return residuals_after(lm, (layer,), input_ids)[layer]
 
 
 @contextmanager

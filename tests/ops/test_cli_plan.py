@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from jobs.providers.lambda_api import shared_pacer
 from ops.cli_plan import plan_command
@@ -145,3 +147,39 @@ def test_a_bad_sweep_file_exits_2_with_one_line(
     assert captured.out == ""
     assert captured.err.startswith("error: ") and message in captured.err
     assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_plan_shows_the_packs_and_the_cost_with_and_without_them(
+    no_key: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = {**yaml.safe_load(EXAMPLE.read_text()), "grid": {"sae.k": [16, 32, 64, 128]}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert plan_command(path, json_out=False) == 0
+    out = capsys.readouterr().out
+    assert "Packs (jobs sharing one LM forward; max_pack_size 8)" in out
+    assert "memory: 4 members need ~40 GB" in out
+    assert "Packed: 2 instance(s)" in out and "one job per instance: 4 instance(s)" in out
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"max_pack_size": 0}, "max_pack_size: Input should be greater than or equal to 1"),
+        ({"max_pack_size": 65}, "max_pack_size: Input should be less than or equal to 64"),
+        ({"pack_all": True, "grid": {"train.seed": [0, 1]}}, "differ in job.train.seed"),
+    ],
+)
+def test_bad_packing_input_exits_2_naming_the_field(
+    no_key: None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    changes: dict[str, Any],
+    message: str,
+) -> None:
+    raw = {**yaml.safe_load(EXAMPLE.read_text()), **changes}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert plan_command(path, json_out=True) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and message in captured.err

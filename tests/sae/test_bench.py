@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from sae.bench import bench_size, loss_curve_match
 
 
@@ -30,3 +32,15 @@ def test_json_output_parses_even_when_a_reference_library_prints():
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert set(json.loads(proc.stdout)) == {"machine", "sizes", "loss_match", "extraction"}
+
+
+def test_pack_bench_measures_forward_steps_and_both_sweeps():
+    from sae.pack_bench import predicted_speedup, run_pack_benchmark
+
+    results = run_pack_benchmark(quick=True, rounds=1, device="cpu")
+    assert set(results["sae_step_s"]) == {"8", "16", "32", "64"}
+    assert results["forward_s"] > 0 and results["packed_s"] > 0
+    assert results["ideal_s"] == results["forward_s"] + sum(results["sae_step_s"].values())
+    assert results["speedup"] == results["one_at_a_time_s"] / results["packed_s"]
+    assert predicted_speedup(5.7, 0.3, 4) == pytest.approx(3.478, abs=1e-3)
+    assert predicted_speedup(1.0, 1.0, 1) == 1.0

@@ -38,3 +38,22 @@ def test_make_tiny_lm_is_deterministic(tmp_path, tiny_lm):
     assert main(["make-tiny-lm", str(tmp_path / "lm")]) == 0
     for name in ("model.safetensors", "tokenizer.json"):
         assert (tmp_path / "lm" / name).read_bytes() == (tiny_lm / name).read_bytes()
+
+
+def test_several_configs_train_as_one_pack(make_config, tmp_path, capsys):
+    paths = []
+    for name, k in (("k8", 8), ("k16", 16)):
+        path = tmp_path / f"{name}.yaml"
+        config = make_config(sae={"k": k}, train={"total_tokens": 2048})
+        path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+        paths += ["--config", str(path)]
+    out = tmp_path / "pack"
+    assert main(["train", *paths, "--out", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [m["done"] for m in result["members"]] == [True, True]
+    assert (out / "k8" / "final" / "sae.safetensors").exists()
+    assert (out / "k16" / "final" / "sae.safetensors").exists()
+    assert main(["train", *paths, "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", *paths[:2], *paths[:2], "--out", str(tmp_path / "x")]) == 2
+    assert "distinct names" in capsys.readouterr().err
