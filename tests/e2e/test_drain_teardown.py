@@ -26,12 +26,14 @@ from tests.e2e.harness import (
     pulled_checkpoint_while_training,
     start_plane,
 )
+from tests.e2e.held_stages import arm, reached, release
 from tests.support.sweeps import write_sweep
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.sshd]
 
 TWO_JOBS = {"train.seed": [0, 1]}
+HELD_STAGES = "tests.e2e.held_stages"
 # Runs that are resumed and finish: short enough to finish soon after --undo, in 1.2-second
 # segments so that a checkpoint is pulled early (a fast machine still trains several).
 UNDONE_RUN: dict[str, Any] = {"train.total_tokens": 131_072, "segment_minutes": 0.02}
@@ -83,6 +85,17 @@ def start_sweep(plane: ControlPlane, tmp_path: Path, assets: dict[str, Path], **
     return sweep_id
 
 
+def hold_supervise(plane: ControlPlane, job_ids: list[str]) -> None:
+    """Hold each job's supervise (tests.e2e.held_stages): no segment is sent after the one
+    running, so the job is still training when a drain comes, however fast this machine trains
+    (the drain step is the watchdog's, never held)."""
+    for job_id in job_ids:
+        arm(plane.home, "supervise_training", job_id, 1)
+    for job_id in job_ids:
+        probe = lambda j=job_id: reached(plane.home, "supervise_training", j, 1)  # noqa: E731
+        wait_for(f"supervise of {job_id} to be held", probe, timeout_s=60)
+
+
 def assert_nothing_lost(plane: ControlPlane, sweep_id: str) -> list[JobRecord]:
     """No instance left, finalized at most once, every finished segment's checkpoint kept."""
     assert plane.running_instances() == []
@@ -123,10 +136,13 @@ def test_drain_then_teardown_keeps_every_checkpoint_in_seconds(
 def test_drain_then_undo_resumes_every_job_and_the_sweep_finishes(
     plane: ControlPlane, fleet_assets: dict[str, Path], tmp_path: Path
 ) -> None:
-    start_plane(plane, quick_verdicts=True)
+    start_plane(plane, quick_verdicts=True, app=HELD_STAGES)
     sweep_id = start_sweep(plane, tmp_path, fleet_assets, **UNDONE_RUN)
+    hold_supervise(plane, plane.store.sweep(sweep_id).job_ids)
 
     code, drained, drain_s = ops(plane, "queue", "drain", "--wait", "120")
+    for job_id in plane.store.sweep(sweep_id).job_ids:
+        release(plane.home, job_id)
 
     assert code == 0, drained
     assert plane.running_instances() == []
@@ -175,40 +191,34 @@ def test_drain_across_a_control_worker_killed_and_restarted(
     plane: ControlPlane, fleet_assets: dict[str, Path], tmp_path: Path
 ) -> None:
     plane.env.update(QUICK_REDELIVERY)
-    start_plane(plane, quick_verdicts=True)
-    # LONG_RUN's steps in UNDONE_RUN's 1.2-second segments: still training when drained on a
-    # fast machine, and half the segments (each a message, a pull and a log) on a loaded one.
-    run = {**LONG_RUN, "segment_minutes": UNDONE_RUN["segment_minutes"]}
-    sweep_id = start_sweep(plane, tmp_path, fleet_assets, grid={}, **run)
+    start_plane(plane, quick_verdicts=True, app=HELD_STAGES)
+    sweep_id = start_sweep(plane, tmp_path, fleet_assets, grid={}, **UNDONE_RUN)
     [job_id] = plane.store.sweep(sweep_id).job_ids
+    hold_supervise(plane, [job_id])
 
     started = time.monotonic()
     code, drained, _ = ops(plane, "queue", "drain")
     assert code == 0, drained
+    release(plane.home, job_id)  # the drained control queue holds supervise now
     plane.stop("control", kill=True)
-    plane.start_control(concurrency=4)
-    # Paused; or, where training finished before it read the stop flag (a fast machine),
-    # collected, with its terminate stage waiting in the drained queue: no instance either way.
-    held = {JobState.PAUSED, JobState.TERMINATING}
+    plane.start_control(concurrency=4, app=HELD_STAGES)
     wait_for(
-        "the restarted watchdog to release the job's instance",
-        lambda: plane.store.job(job_id).state in held and not plane.running_instances(),
+        "the restarted watchdog to pause the job",
+        lambda: plane.store.job(job_id).state is JobState.PAUSED and not plane.running_instances(),
         timeout_s=300,
         every_s=0.2,
     )
-    released_s = time.monotonic() - started
-    held_job = plane.store.job(job_id)
+    paused_s = time.monotonic() - started
+    paused = plane.store.job(job_id)
     code, undone, _ = ops(plane, "queue", "drain", "--undo")
     assert code == 0, undone
-    sweep = plane.wait_sweep(sweep_id, timeout_s=420)
+    sweep = plane.wait_sweep(sweep_id, timeout_s=300)
 
     assert sweep.finalize_runs == 1
     [job] = assert_nothing_lost(plane, sweep_id)
-    assert job.state is JobState.SUCCEEDED and job.preemptions == 0
-    if held_job.state is JobState.PAUSED:
-        assert job.attempt == 2
-        assert plane.store.attempt(job_id, 2).resume_from == held_job.latest_checkpoint
+    assert job.state is JobState.SUCCEEDED and job.attempt == 2 and job.preemptions == 0
+    assert plane.store.attempt(job_id, 2).resume_from == paused.latest_checkpoint
     print(
-        f"\ndrain across a killed control worker: {held_job.state} in {released_s:.1f}s, "
+        f"\ndrain across a killed control worker: paused in {paused_s:.1f}s, "
         f"sweep finished {time.monotonic() - started:.1f}s after the drain"
     )
