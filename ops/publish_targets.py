@@ -152,7 +152,7 @@ class HubTarget:
             yield
         except HfHubHTTPError as exc:
             status = exc.response.status_code if exc.response is not None else None
-            text = self._redacted(exc)
+            text = f"{status}: {self._redacted(exc.server_message or str(exc))}"
             if status in (401, 403) or refuse:
                 raise PublishRefused(f"--to {self.url}: the hub answered {text}") from None
             raise PublishFailed(f"--to {self.url}: the hub answered {text}") from None
@@ -160,5 +160,6 @@ class HubTarget:
             error = PublishRefused if refuse else PublishFailed
             raise error(f"--to {self.url}: cannot reach the hub ({self._redacted(exc)})") from None
 
-    def _redacted(self, exc: BaseException) -> str:
-        return redact(str(exc).replace(self._token, "[redacted]"))
+    def _redacted(self, error: BaseException | str) -> str:
+        """One line of `error`'s text without the token."""
+        return redact(" ".join(str(error).split()).replace(self._token, "[redacted]"))

@@ -1,24 +1,20 @@
 """`sweep publish`: a sweep's final SAEs, written by the real sae code into the store, copied in
-SAELens' layout to a folder, to an S3 prefix (moto's server, its own process) and to the hub
-(a recording stand-in for HfApi: no hub can be reached from the tests), then loaded back with
-SAELens' own loader; and every refusal before anything is copied."""
+SAELens' layout to a folder, to an S3 prefix (moto's server, its own process) and to a hub repo
+(huggingface_hub's own HfApi against a loopback fake of the hub's API, tests.support.fake_hub),
+then loaded back with SAELens' own loader; and every refusal before anything is copied."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import secrets
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
-import httpx2
 import huggingface_hub
 import pytest
 import torch
-from huggingface_hub.errors import HfHubHTTPError
 
 from jobs.objectstore import final_prefix, open_store, publish_folder, summary_key
 from jobs.results import JobResult, build_summary
@@ -29,10 +25,10 @@ from sae.artifacts import CFG, SAE_LENS_WEIGHTS, write_final
 from sae.config import RunConfig
 from sae.model import SparseAutoencoder
 from tests.ops.bad_input import Outcome, saefleet
+from tests.support.fake_hub import FakeHub, running_hub
 from tests.support.moto_s3 import TEST_CREDENTIALS, moto_s3_server
 
 sae_lens = pytest.importorskip("sae_lens")
-REAL_HF_API = huggingface_hub.HfApi
 
 SWEEP = "swpub"
 D_IN = 16
@@ -224,94 +220,54 @@ def test_refusals_copy_nothing(finished_sweep: dict, tmp_path: Path, monkeypatch
     assert not out.exists()
 
 
-class RecordingHfApi:
-    """Stands in for huggingface_hub.HfApi: records each call (checked against the real
-    HfApi's signature); `upload_folder` keeps a copy of the folder it was given. `files` is what
-    the repo holds; `fail` maps a method to the error it raises."""
-
-    files: list[str] = []
-    fail: dict[str, Exception] = {}
-    calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
-    uploaded = Path()
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._call("__init__", args, kwargs)
-
-    def repo_exists(self, *args: Any, **kwargs: Any) -> bool:
-        self._call("repo_exists", args, kwargs)
-        return bool(self.files)
-
-    def list_repo_files(self, *args: Any, **kwargs: Any) -> list[str]:
-        self._call("list_repo_files", args, kwargs)
-        return self.files
-
-    def create_repo(self, *args: Any, **kwargs: Any) -> None:
-        self._call("create_repo", args, kwargs)
-
-    def upload_folder(self, *args: Any, **kwargs: Any) -> None:
-        self._call("upload_folder", args, kwargs)
-        shutil.copytree(kwargs["folder_path"], self.uploaded, dirs_exist_ok=True)
-
-    def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        inspect.signature(getattr(REAL_HF_API, method)).bind(self, *args, **kwargs)
-        self.calls.append((method, args, kwargs))
-        if method in self.fail:
-            raise self.fail[method]
-
-
 @pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> type[RecordingHfApi]:
+def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    """The loopback hub, where HfApi's default endpoint points (as HF_ENDPOINT would)."""
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingHfApi)
-    monkeypatch.setattr(RecordingHfApi, "files", [])
-    monkeypatch.setattr(RecordingHfApi, "fail", {})
-    monkeypatch.setattr(RecordingHfApi, "calls", [])
-    monkeypatch.setattr(RecordingHfApi, "uploaded", tmp_path / "hub")
-    return RecordingHfApi
+    with running_hub(TOKEN) as fake:
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", fake.endpoint)
+        yield fake
 
 
-def hub_error(status: int) -> HfHubHTTPError:
-    request = httpx2.Request("GET", "https://huggingface.co/api/models/org/saes")
-    response = httpx2.Response(status, request=request)
-    return HfHubHTTPError(f"{status} for {request.url} (Bearer {TOKEN})", response=response)
+def repo_copy(hub: FakeHub, repo: str, dest: Path) -> Path:
+    for name, data in hub.repos[repo].items():
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        (dest / name).write_bytes(data)
+    return dest
 
 
-def test_hub_target_makes_the_expected_hfapi_calls(hub: Any, finished_sweep: dict) -> None:
+def test_hub_repo_is_created_written_and_replaced_only_with_force(
+    hub: FakeHub, finished_sweep: dict, tmp_path: Path
+) -> None:
     done = saefleet("sweep", "publish", SWEEP, "--to", "hf://org/saes")
     assert done.code == 0, done
-    model = {"repo_type": "model"}
-    upload = {
-        "repo_id": "org/saes",
-        "folder_path": hub.calls[-1][2]["folder_path"],
-        "repo_type": "model",
-        "commit_message": f"saefleet: sweep {SWEEP} (2 SAEs)",
-        "delete_patterns": None,
-    }
-    assert hub.calls == [
-        ("__init__", (), {"token": TOKEN}),
-        ("repo_exists", ("org/saes",), model),
-        ("create_repo", ("org/saes",), {**model, "exist_ok": True}),
-        ("upload_folder", (), upload),
-    ]
-    assert not Path(upload["folder_path"]).exists()  # the staging folder is cleaned up
-    assert_loads_in_sae_lens(hub.uploaded, finished_sweep)
-    assert 'SAE.from_pretrained("org/saes", "sae.k=4")' in (hub.uploaded / "README.md").read_text()
-    assert TOKEN not in done.out + done.err
+    copy = repo_copy(hub, "org/saes", tmp_path / "hub")
+    assert_loads_in_sae_lens(copy, finished_sweep)
+    assert_readme(copy)
+    assert 'SAE.from_pretrained("org/saes", "sae.k=4")' in (copy / "README.md").read_text()
+    assert ("POST", "/api/repos/create") in hub.requests
+    assert not list(get_settings().home.glob(".publish-*"))  # the staging folder is gone
 
-    hub.files, hub.calls[:] = [".gitattributes", "README.md"], []
-    refused(saefleet("sweep", "publish", SWEEP, "--to", "hf://org/saes"), "holds 1 files")
-    assert [c[0] for c in hub.calls] == ["__init__", "repo_exists", "list_repo_files"]
+    commits = len([r for r in hub.requests if "/commit/" in r[1]])
+    refused(saefleet("sweep", "publish", SWEEP, "--to", "hf://org/saes"), "holds 5 files")
+    assert len([r for r in hub.requests if "/commit/" in r[1]]) == commits
+
+    hub.repos["org/saes"]["stale/cfg.json"] = b"{}"
     forced = saefleet("sweep", "publish", SWEEP, "--to", "hf://org/saes", "--force")
-    assert forced.code == 0 and hub.calls[-1][2]["delete_patterns"] == "*"
+    assert forced.code == 0, forced
+    assert "stale/cfg.json" not in hub.repos["org/saes"]
+    assert TOKEN not in done.out + done.err + forced.out + forced.err
 
 
-def test_hub_errors_never_show_the_token(hub: Any, finished_sweep: dict) -> None:
-    hub.fail["repo_exists"] = hub_error(401)
-    denied = saefleet("sweep", "publish", SWEEP, "--to", "hf://org/saes")
-    refused(denied, "hf://org/saes: the hub answered 401")
-    assert TOKEN not in denied.err
-
-    hub.fail = {"upload_folder": hub_error(500)}
+def test_hub_errors_never_show_the_token(
+    hub: FakeHub, finished_sweep: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub.fail_commits = 1
     failed = saefleet("sweep", "publish", SWEEP, "--to", "hf://org/saes")
-    assert failed.code == 1 and "the hub answered 500" in failed.err, failed
-    assert TOKEN not in failed.err + failed.out
+    assert failed.code == 1 and "the hub answered 422" in failed.err, failed
+    assert hub.repos["org/saes"] == {}
+
+    hub.token = "hf_" + "other" * 6  # the hub no longer accepts ours; its 401 echoes it
+    denied = saefleet("sweep", "publish", SWEEP, "--to", "hf://org/saes")
+    refused(denied, "hf://org/saes", "401")
+    assert TOKEN[3:] not in denied.err + failed.err + failed.out
