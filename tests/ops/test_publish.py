@@ -221,11 +221,16 @@ def test_refusals_copy_nothing(finished_sweep: dict, tmp_path: Path, monkeypatch
 
 
 @pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
-    """The loopback hub, where HfApi's default endpoint points (as HF_ENDPOINT would)."""
+def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeHub]:
+    """The loopback hub, where huggingface_hub points (as HF_ENDPOINT would), with its own
+    download cache."""
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     with running_hub(TOKEN) as fake:
-        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", fake.endpoint)
+        constants = huggingface_hub.constants
+        monkeypatch.setattr(constants, "ENDPOINT", fake.endpoint)
+        template = f"{fake.endpoint}/{{repo_id}}/resolve/{{revision}}/{{filename}}"
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
         yield fake
 
 
@@ -245,6 +250,9 @@ def test_hub_repo_is_created_written_and_replaced_only_with_force(
     assert_loads_in_sae_lens(copy, finished_sweep)
     assert_readme(copy)
     assert 'SAE.from_pretrained("org/saes", "sae.k=4")' in (copy / "README.md").read_text()
+    from_hub = sae_lens.SAE.from_pretrained("org/saes", "sae.k=8")  # as the README says
+    x = torch.randn(8, D_IN)
+    assert torch.allclose(from_hub(x), finished_sweep["sae.k=8"](x).x_hat, atol=1e-5)
     assert ("POST", "/api/repos/create") in hub.requests
     assert not list(get_settings().home.glob(".publish-*"))  # the staging folder is gone
 

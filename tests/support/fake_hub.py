@@ -2,14 +2,16 @@
 and commit to model repos: `GET /api/models/<repo>` (and `/tree/<rev>`), `POST /api/repos/create`,
 `/api/validate-yaml` (the README's front matter must parse), `/preupload/<rev>` (every file is
 "regular": its bytes travel base64 in the commit, so no LFS or Xet storage is involved) and
-`/commit/<rev>` (NDJSON: files added, files deleted). A request without `Bearer <token>` gets a
-401 whose message echoes the header it got, as a careless server might, so that tests can check
-the token is redacted from our errors. `fail_commits` makes the next commits answer 422
-(huggingface_hub retries a 5xx with backoff for ~25 s; a 4xx it does not retry)."""
+`/commit/<rev>` (NDJSON: files added, files deleted); and `/<repo>/resolve/<rev>/<file>` (HEAD
+and GET), where `hf_hub_download`, and so SAELens' `SAE.from_pretrained`, reads files. A request
+without `Bearer <token>` gets a 401 whose message echoes the header it got, as a careless server
+might, so that tests can check the token is redacted from our errors. `fail_commits` makes the
+next commits answer 422 (huggingface_hub retries a 5xx with backoff for ~25 s, a 4xx not)."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import threading
@@ -18,10 +20,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
 
 import yaml
 
 _REPO_PATH = re.compile(r"^/api/models/([^/]+/[^/]+)(/.*)?$")
+_RESOLVE_PATH = re.compile(r"^/([^/]+/[^/]+)/resolve/[^/]+/(.+)$")
+COMMIT = "1" * 40
 
 
 @dataclass
@@ -41,13 +46,10 @@ class FakeHub:
             if auth != f"Bearer {self.token}":
                 return 401, {"error": f"Invalid credentials in Authorization header {auth!r}"}
             if method == "POST" and path == "/api/repos/create":
-                request = json.loads(body)
-                repo = f"{request['organization']}/{request['name']}"
-                if repo in self.repos:
-                    url = f"{self.endpoint}/{repo}"
-                    return 409, {"error": "You already created this model repo", "url": url}
-                self.repos[repo] = {}
-                return 200, {"url": f"{self.endpoint}/{repo}"}
+                return self._create(json.loads(body))
+            resolve = _RESOLVE_PATH.match(path)
+            if resolve is not None:
+                return self._file(resolve.group(1), unquote(resolve.group(2)))
             if method == "POST" and path == "/api/validate-yaml":
                 return self._validate_yaml(json.loads(body)["content"])
             match = _REPO_PATH.match(path)
@@ -83,8 +85,23 @@ class FakeHub:
                     files[value["path"]] = base64.b64decode(value["content"])
                 elif operation["key"] == "deletedFile":
                     files.pop(value["path"], None)
-            return 200, {"commitUrl": f"{self.endpoint}/{repo}/commit/1", "commitOid": "1" * 40}
+            return 200, {"commitUrl": f"{self.endpoint}/{repo}/commit/1", "commitOid": COMMIT}
         return 404, {"error": f"no route {method} {rest}"}
+
+    def _create(self, request: dict[str, Any]) -> tuple[int, Any]:
+        repo = f"{request['organization']}/{request['name']}"
+        url = f"{self.endpoint}/{repo}"
+        if repo in self.repos:
+            return 409, {"error": "You already created this model repo", "url": url}
+        self.repos[repo] = {}
+        return 200, {"url": url}
+
+    def _file(self, repo: str, name: str) -> tuple[int, Any]:
+        """A file's bytes (what `hf_hub_download` fetches), or 404 EntryNotFound."""
+        data = self.repos.get(repo, {}).get(name)
+        if data is None:
+            return 404, {"error": "Entry not found"}
+        return 200, data
 
     @staticmethod
     def _validate_yaml(content: str) -> tuple[int, Any]:
@@ -108,19 +125,30 @@ def running_hub(token: str) -> Iterator[FakeHub]:
         def do_POST(self) -> None:
             self._handle("POST")
 
+        def do_HEAD(self) -> None:
+            self._handle("HEAD")
+
         def _handle(self, method: str) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             auth = self.headers.get("Authorization", "")
-            status, reply = hub.answer(method, self.path.split("?")[0], auth, body)
-            data = json.dumps(reply).encode()
+            path = self.path.split("?")[0]
+            status, reply = hub.answer(method, path, auth, body)
+            raw = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            if isinstance(reply, bytes):
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("ETag", f'"{hashlib.sha256(reply).hexdigest()}"')
+            else:
+                self.send_header("Content-Type", "application/json")
             if status == 404:
-                self.send_header("X-Error-Code", "RepoNotFound")
-            self.send_header("Content-Length", str(len(data)))
+                code = "EntryNotFound" if _RESOLVE_PATH.match(path) else "RepoNotFound"
+                self.send_header("X-Error-Code", code)
+            self.send_header("Content-Length", str(len(raw)))
             self.end_headers()
-            self.wfile.write(data)
+            if method != "HEAD":
+                self.wfile.write(raw)
 
         def log_message(self, *args: Any) -> None:
             pass
