@@ -35,7 +35,7 @@ from jobs.objectstore import (
 )
 from jobs.results import JobResult, SweepSummary
 from ops.errors import PublishFailed, PublishRefused
-from ops.publish_targets import SCHEMES, PublishTarget, open_target
+from ops.publish_targets import SCHEMES, PublishTarget, open_target, overlaps
 from ops.report import cell
 from ops.views import terminal
 from queue_app.settings import Settings, get_settings
@@ -68,6 +68,8 @@ def publish(
     """Copy the sweep's final SAEs and a README to `to`; every check runs before any copy."""
     target = open_target(to, settings, endpoint_url)
     store = open_store(settings)
+    if overlaps(target.url, store.url):
+        raise PublishRefused(f"--to {to} overlaps the store {store.url}: publish somewhere else")
     summary, saes = final_saes(store, sweep_id)
     target.prepare(force)
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -146,7 +148,8 @@ def readme(
         "",
         f"# {summary.name}: {len(saes)} sparse autoencoders",
         "",
-        f"Trained by saefleet, sweep `{summary.sweep_id}`: {summary.line()}.",
+        f"Trained by saefleet (sweep `{summary.sweep_id}`): {len(saes)} of "
+        f"{len(summary.jobs)} jobs succeeded and are published here.",
         "",
         "| " + " | ".join(titles) + " |",
         "|" + " --- |" * len(titles),

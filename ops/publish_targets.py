@@ -63,6 +63,21 @@ def open_target(url: str, settings: Settings, endpoint_url: str | None) -> Publi
     raise PublishRefused(f"--to {url}: unknown scheme {parts.scheme!r} (use {SCHEMES})")
 
 
+def overlaps(target_url: str, store_url: str) -> bool:
+    """The target is the store, lies inside it or holds it (`--force` would empty it)."""
+    target, store = _location(target_url), _location(store_url)
+    shorter = min(len(target), len(store))
+    return target[:shorter] == store[:shorter]
+
+
+def _location(url: str) -> tuple[str, ...]:
+    parts = urlsplit(url)
+    path = parts.path
+    if parts.scheme == "file":
+        path = Path(unquote(path)).resolve().as_posix()
+    return (parts.scheme, parts.netloc, *(p for p in path.split("/") if p))
+
+
 class StoreTarget:
     """A folder or an S3 prefix, written the way the store writes (multipart with SHA-256
     checksums on S3) and checked against the staged files' sizes and checksums afterwards."""

@@ -209,6 +209,10 @@ def test_refusals_copy_nothing(finished_sweep: dict, tmp_path: Path, monkeypatch
     refused(saefleet("sweep", "publish", SWEEP, "--to", "hf://org/saes"), "set HF_TOKEN")
     refused(saefleet("sweep", "publish", SWEEP, "--to", "hf://not a repo"), "not a hub repo id")
     refused(saefleet("sweep", "publish", "nosuch", "--to", out.as_uri()), "no summary.json")
+    store_root = get_settings().home / "artifacts"
+    for inside in (store_root, store_root / SWEEP / "out", store_root.parent):
+        refused(saefleet("sweep", "publish", SWEEP, "--to", inside.as_uri(), "--force"), "overlaps")
+    assert (store_root / SWEEP).is_dir() and not (store_root / SWEEP / "out").exists()
     (tmp_path / "a-file").write_text("x")
     refused(saefleet("sweep", "publish", SWEEP, "--to", (tmp_path / "a-file").as_uri()), "cannot")
     assert not out.exists()
