@@ -12,12 +12,12 @@ import redis
 import typer
 from rich.markup import escape
 
-from jobs.objectstore import StoreConfigError
+from jobs.objectstore import StoreConfigError, StoreError
 from jobs.results import SweepSummary
 from jobs.spec import SpecError, load_sweep_file
 from ops import controlplane
 from ops.bench.runner import bench_queue_command
-from ops.errors import OpsError
+from ops.errors import OpsError, PublishFailed, PublishRefused
 from ops.views import (
     attempts_table,
     instances_table,
@@ -322,6 +322,7 @@ def _register_operations() -> None:
     from ops.drain import drain_command
     from ops.flower import flower_command
     from ops.job_logs import logs_command
+    from ops.publish import publish_command
     from ops.report import report_command
     from ops.services import service_command
     from ops.status_view import status_command
@@ -333,6 +334,7 @@ def _register_operations() -> None:
     fleet_app.command("teardown")(teardown_command)
     app.command("status")(status_command)
     sweep_app.command("report")(report_command)
+    sweep_app.command("publish")(publish_command)
     app.command("logs")(logs_command)
     app.command("flower")(flower_command)
     app.command("service")(service_command)
@@ -358,7 +360,7 @@ def main() -> None:
         sys.exit(code if isinstance(code, int) else 0)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (SpecError, BadInput, StoreConfigError) as exc:
+    except (SpecError, BadInput, StoreConfigError, PublishRefused) as exc:
         print_error(str(exc))
         sys.exit(2)
     except NotFoundError as exc:
@@ -371,7 +373,7 @@ def main() -> None:
             highlight=False,
         )
         sys.exit(1)
-    except (controlplane.ProcessError, QueueDrained) as exc:
+    except (controlplane.ProcessError, QueueDrained, StoreError, PublishFailed) as exc:
         print_error(str(exc))
         sys.exit(1)
     except (typer.Abort, KeyboardInterrupt):
