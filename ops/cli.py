@@ -16,6 +16,7 @@ from rich.markup import escape
 from jobs.results import SweepSummary
 from jobs.spec import SpecError, load_sweep_file
 from ops import controlplane
+from ops.bench.preemption import bench_preemption_command
 from ops.bench.runner import bench_queue_command
 from ops.errors import OpsError
 from ops.views import (
@@ -351,6 +352,7 @@ _register_operations()
 bench_app = typer.Typer(help="Benchmarks of saefleet itself.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 bench_app.command("queue")(bench_queue_command)
+bench_app.command("preemption")(bench_preemption_command)
 
 
 # ---- entry point --------------------------------------------------------------------------------
