@@ -196,11 +196,13 @@ def _steps_lost(settings: Any, store: Any, job_id: str, instance_id: str, report
 
 
 def _stop_everything(settings: Any) -> None:
+    """The control plane first (a provision in flight could launch after the instances were
+    listed), then every local instance."""
+    controlplane.down(settings)
     provider = _local_provider(settings)
     if settings.local_instances_dir.exists():
         for instance in provider.list(include_foreign=True):
             provider.terminate(instance.id)
-    controlplane.down(settings)
 
 
 def render(result: dict[str, Any]) -> Table:
