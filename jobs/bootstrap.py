@@ -14,6 +14,7 @@ from jobs.bundle import ensure_bundle
 from jobs.checkpoints import newest_stored_checkpoint
 from jobs.errors import StageFailed
 from jobs.instances import open_ssh
+from jobs.notice_watch import CHANNEL_ENV
 from jobs.remote import RemoteLayout, layout_for, reuses_local_venv, worker_hostname, worker_python
 from jobs.ssh import SSHSession
 from jobs.stage_base import StageContext, stage
@@ -142,6 +143,10 @@ def _start_script(
         "SAEFLEET_HOME": posixpath.join(layout.workdir, "home"),
         "SAEFLEET_LOG_LEVEL": ctx.settings.log_level,
     }
+    channel = ctx.provider.notice_channel(layout.workdir)
+    if channel is not None:
+        poll = channel.model_copy(update={"poll_s": ctx.settings.notice_poll_s})
+        env[CHANNEL_ENV] = poll.model_dump_json()
     install = ""
     if reuses_local_venv(instance, ctx.settings):
         env["PYTHONPATH"] = remote_wheel  # run exactly the uploaded code with this venv's deps

@@ -274,8 +274,9 @@ def pass_on(ctx: StageContext) -> dict[str, Any]:
     return ctx.ref.message()
 
 
-def preempt(ctx: StageContext, reason: str) -> dict[str, Any]:
-    """Mark the attempt PREEMPTED (unless the watchdog already did), then resume."""
+def preempt(ctx: StageContext, reason: str, at_once: bool = False) -> dict[str, Any]:
+    """Mark the attempt PREEMPTED (unless the watchdog already did), then resume (`at_once`:
+    with no back-off, as after an interruption notice whose checkpoint is home)."""
     job = ctx.store.job(ctx.ref.job_id)
     if job.state is not JobState.PREEMPTED:
         ctx.store.transition(
@@ -286,10 +287,12 @@ def preempt(ctx: StageContext, reason: str) -> dict[str, Any]:
             preemptions=job.preemptions + 1,
         )
         notify(Event.JOB_PREEMPTED, **_ids(ctx), reason=reason)
-    return resume(ctx, reason)
+    return resume(ctx, reason, at_once=at_once)
 
 
-def resume(ctx: StageContext, reason: str, paused: bool = False) -> dict[str, Any]:
+def resume(
+    ctx: StageContext, reason: str, paused: bool = False, at_once: bool = False
+) -> dict[str, Any]:
     """Start attempt+1 from `provision` by replacing this task, so the chain's remaining
     stages (and the chord slot) carry on with the new attempt. A `paused` job resumes at once
     and its pause counts neither as an attempt given up on nor as a preemption."""
@@ -302,7 +305,7 @@ def resume(ctx: StageContext, reason: str, paused: bool = False) -> dict[str, An
         return fail(ctx, f"gave up after {job.attempt} attempts (max_attempts): {history}")
     if config.capacity == "spot" and job.preemptions > config.max_preemptions:
         return fail(ctx, f"spot job preempted more than max_preemptions: {history}")
-    countdown = None if paused else backoff(job.attempt, base=5.0)
+    countdown = None if paused or at_once else backoff(job.attempt, base=5.0)
     log.warning("resuming as attempt %d in %.0fs: %s", job.attempt + 1, countdown or 0, reason)
     notify(Event.JOB_RESUMED, **_ids(ctx), next_attempt=job.attempt + 1, reason=reason)
     replacement = stage_chain(ctx.ref.next_attempt(), last=ctx.stage, countdown=countdown)

@@ -4,18 +4,23 @@ It sends one `train_segment` at a time to the instance's queue, follows the atte
 each segment's checkpoint off the instance before the segment counts, and re-schedules itself.
 Because it runs on the control plane, the sweep chord's slot never depends on a task that could
 be lost with its instance; on preemption it resumes by replacement (see jobs.stage_base).
+After an interruption notice (PREEMPTING, see jobs.notice_watch) it waits for the segment the
+notice stopped, pulls its checkpoint and starts the next attempt at once, while the noticed
+instance still runs.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from jobs.checkpoint_pull import CheckpointNotKept, pull_segment_checkpoint
 from jobs.errors import StageFailed
-from jobs.stage_base import StageContext, stage
+from jobs.stage_base import StageContext, preempt, stage
 from queue_app.admission import drain_state
 from queue_app.celery_app import TRAIN_SEGMENT_TASK, app, segment_task_id
+from queue_app.errors import IllegalTransition
 from queue_app.records import AttemptRecord, InstanceRecord
 from queue_app.statemachine import JobState, SegmentStatus
 
@@ -26,11 +31,16 @@ STOP_STATES = {"cost_cap": JobState.COST_CAPPED, "cancel": JobState.CANCELLED}
 
 
 @stage("supervise_training")
-def supervise_training(ctx: StageContext) -> None:
+def supervise_training(ctx: StageContext) -> dict[str, Any] | None:
     """Drive training segment by segment until the run is done, stopped or failed. While the
     queue is drained, or the job is asked to pause, no new segment starts: the watchdog's drain
     step pauses the job (watchdog.drain)."""
-    ctx.advance(JobState.TRAINING)
+    try:
+        ctx.advance(JobState.TRAINING)
+    except IllegalTransition:
+        if ctx.store.job(ctx.ref.job_id).state is not JobState.PREEMPTING:
+            raise
+        return _resume_on_notice(ctx)
     instance = ctx.require_instance()
     record = ctx.attempt()
     status = record.segment_status
@@ -45,13 +55,28 @@ def supervise_training(ctx: StageContext) -> None:
         if record.pulled_segment < record.segment:
             _pull_checkpoint(ctx, instance, record)
         if record.segment_done:
-            return  # on to collect
+            return None  # on to collect
         stop = ctx.store.job(ctx.ref.job_id).stop_requested or ""
         if stop in STOP_STATES:
             _stop(ctx, stop)
-            return
+            return None
         _send_unless_held(ctx, instance, record.segment + 1)
     ctx.poll()
+
+
+def _resume_on_notice(ctx: StageContext) -> dict[str, Any]:
+    """Once the segment the notice stopped has ended, pull its checkpoint and start the next
+    attempt from it now (from the newest one that verifies, if this one does not)."""
+    record = ctx.attempt()
+    if record.segment_status in (SegmentStatus.SENT, SegmentStatus.RUNNING):
+        ctx.poll()
+    if record.segment_status is SegmentStatus.DONE and record.pulled_segment < record.segment:
+        try:
+            _pull_checkpoint(ctx, ctx.require_instance(), record)
+        except StageFailed as exc:
+            log.error("the checkpoint written on notice is not kept: %s", exc)
+    reason = ctx.store.job(ctx.ref.job_id).reason or "interruption notice"
+    return preempt(ctx, reason, at_once=True)
 
 
 def _since(moment: float | None) -> float:

@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Any
 import redis
 from celery import Task
 
+from jobs.notice_watch import stop_for_notice, watch_notices
 from jobs.tracking import RunTracker
 from queue_app.celery_app import TRAIN_SEGMENT_TASK, app
 from queue_app.connection import get_store
 from queue_app.errors import StaleAttempt
 from queue_app.jobspec import JobConfig
 from queue_app.logs import log_context, redact
-from queue_app.statemachine import SegmentStatus
+from queue_app.statemachine import JobState, SegmentStatus
 from queue_app.store import Store
 
 if TYPE_CHECKING:
@@ -40,8 +41,9 @@ _runs: dict[tuple[str, int], TrainingRun] = {}
 class RunControl:
     """The trainer's view of the fleet: the stop flag (read at most every 2 s) and progress.
 
-    `should_stop` is true once the watchdog or a user asked the job to stop, or once this
-    attempt is no longer the job's attempt (the job was resumed elsewhere)."""
+    `should_stop` is true once the watchdog or a user asked the job to stop, once this
+    attempt is no longer the job's attempt (the job was resumed elsewhere), and at once when
+    the instance gets an interruption notice or a rebalance recommendation (jobs.notice_watch)."""
 
     def __init__(self, store: Store, job_id: str, attempt: int) -> None:
         self.store, self.job_id, self.attempt = store, job_id, attempt
@@ -49,11 +51,17 @@ class RunControl:
         self._stop = False
 
     def should_stop(self) -> bool:
+        if stop_for_notice():
+            self._stop = True
         now = time.monotonic()
         if not self._stop and now - self._checked >= STOP_CHECK_INTERVAL_S:
             self._checked = now
             job = self.store.job(self.job_id)
-            self._stop = job.attempt != self.attempt or bool(job.stop_requested)
+            self._stop = (
+                job.attempt != self.attempt
+                or bool(job.stop_requested)
+                or job.state is JobState.PREEMPTING
+            )
         return self._stop
 
     def on_progress(self, progress: dict[str, Any]) -> None:
@@ -100,6 +108,7 @@ def train_segment(task: Task, job_id: str, attempt: int, segment: int, instance_
         except StaleAttempt:
             log.info("segment %d belongs to a stale attempt; ignored", segment)
             return
+        watch_notices(store, job_id, attempt)
         config = _job_config(workdir)
         control = RunControl(store, job_id, attempt)
         tracker = _tracker(config, store, job_id, attempt, workdir)

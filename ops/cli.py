@@ -16,6 +16,7 @@ from jobs.objectstore import StoreConfigError, StoreError
 from jobs.results import SweepSummary
 from jobs.spec import SpecError, load_sweep_file
 from ops import controlplane
+from ops.bench.preemption import bench_preemption_command
 from ops.bench.runner import bench_queue_command
 from ops.errors import OpsError, PublishFailed, PublishRefused
 from ops.views import (
@@ -263,15 +264,26 @@ def fleet_list(
 
 
 @fleet_app.command("preempt")
-def fleet_preempt(instance_id: str) -> None:
-    """Kill a local-provider instance abruptly, as a spot interruption would."""
+def fleet_preempt(
+    instance_id: str,
+    notice: Annotated[
+        float, typer.Option("--notice", min=0, help="Seconds of interruption notice first.")
+    ] = 0.0,
+) -> None:
+    """Kill a local-provider instance abruptly, as a spot interruption would; with --notice,
+    tell the instance first and kill it that many seconds later (this command waits)."""
     from jobs.providers.local import LocalProvider
 
     settings = get_settings()
     instance = store().instance(instance_id)
     if instance.provider != "local":
         fail("only local-provider instances can be preempted on purpose", code=2)
-    LocalProvider(settings.local_instances_dir).preempt(instance_id)
+    provider = LocalProvider(settings.local_instances_dir)
+    if notice > 0:
+        provider.preempt(instance_id, notice_s=notice)
+        console.print(f"instance {instance_id} told it is preempted in {notice:g}s")
+        time.sleep(notice)
+    provider.preempt(instance_id)
     console.print(f"instance {instance_id} preempted")
 
 
@@ -348,6 +360,7 @@ _register_operations()
 bench_app = typer.Typer(help="Benchmarks of saefleet itself.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 bench_app.command("queue")(bench_queue_command)
+bench_app.command("preemption")(bench_preemption_command)
 
 
 # ---- entry point --------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ STATE_COLOURS = {
     "FAILED": "red",
     "COST_CAPPED": "red",
     "CANCELLED": "magenta",
+    "PREEMPTING": "yellow",
     "PREEMPTED": "yellow",
     "PAUSED": "blue",
     "TRAINING": "cyan",

@@ -38,6 +38,12 @@ class ProviderSpec(SpecModel):
         le=3600,
         description="local: expected spot preemptions per instance-hour (chaos runs; 0: none).",
     )
+    notice_s: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description="local: seconds of interruption notice before a random preemption (0: none).",
+    )
     regions: list[str] | None = Field(None, description="Only launch in these regions.")
     instance_types: list[str] | None = Field(None, description="Only launch these types.")
     file_system: str | None = Field(None, description="Persistent filesystem for checkpoints.")
@@ -78,7 +84,7 @@ class ProviderSpec(SpecModel):
 
 
 _PROVIDER_ONLY_FIELDS = {
-    "local": ("price_per_hour", "boot_delay_s", "preempt_rate"),
+    "local": ("price_per_hour", "boot_delay_s", "preempt_rate", "notice_s"),
     "aws": ("ssh_cidrs", "ami", "max_spot_price", "preemption_rates"),
 }
 

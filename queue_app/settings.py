@@ -63,6 +63,14 @@ class Settings(BaseSettings):
         description="Local provider: expected spot preemptions per instance-hour for chaos runs "
         "(a sweep's provider.preempt_rate takes precedence).",
     )
+    aws_metadata_url: str = Field(
+        default="http://169.254.169.254",
+        description="aws: the instance metadata service's base URL, where GPU-side workers read "
+        "interruption notices (tests serve a fake on loopback).",
+    )
+    notice_poll_s: float = Field(
+        default=5.0, gt=0, description="How often a GPU-side worker reads interruption notices."
+    )
     local_reuse_venv: bool = Field(
         default=True,
         description="Local provider: run the instance's worker with this venv's Python instead "

@@ -42,6 +42,10 @@ class JobState(StrEnum):
     """Training is done; copying the final artifacts home."""
     TERMINATING = "TERMINATING"
     """Artifacts are home; terminating the job's instances and confirming they are gone."""
+    PREEMPTING = "PREEMPTING"
+    """The instance got an interruption notice while training: the trainer finishes its step
+    and checkpoints, the checkpoint is pulled at once, then the next attempt starts (PREEMPTED)
+    without waiting for the instance to die (see jobs.notice_watch)."""
     PREEMPTED = "PREEMPTED"
     """The instance was lost without our asking; the next attempt resumes from a checkpoint."""
     PAUSED = "PAUSED"
@@ -61,7 +65,9 @@ class JobState(StrEnum):
 S = JobState
 TERMINAL_STATES = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.COST_CAPPED})
 # States in which the job holds (or is getting) an instance.
-INSTANCE_STATES = frozenset({S.PROVISIONING, S.BOOTING, S.VERIFYING, S.BOOTSTRAPPING, S.TRAINING})
+INSTANCE_STATES = frozenset(
+    {S.PROVISIONING, S.BOOTING, S.VERIFYING, S.BOOTSTRAPPING, S.TRAINING, S.PREEMPTING}
+)
 _EXITS = {S.FAILED, S.CANCELLED, S.COST_CAPPED}
 
 JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
@@ -70,7 +76,9 @@ JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     S.BOOTING: frozenset({S.VERIFYING, S.PREEMPTED, S.PAUSED, *_EXITS}),
     S.VERIFYING: frozenset({S.BOOTSTRAPPING, S.PREEMPTED, S.PAUSED, *_EXITS}),
     S.BOOTSTRAPPING: frozenset({S.TRAINING, S.PREEMPTED, S.PAUSED, *_EXITS}),
-    S.TRAINING: frozenset({S.COLLECTING, S.PREEMPTED, S.PAUSED, *_EXITS}),
+    S.TRAINING: frozenset({S.COLLECTING, S.PREEMPTING, S.PREEMPTED, S.PAUSED, *_EXITS}),
+    # Noticed: ends PREEMPTED once the notice's checkpoint is home (or the instance is lost).
+    S.PREEMPTING: frozenset({S.PREEMPTED, *_EXITS}),
     # A lost instance while collecting is a preemption: the next attempt resumes from the final
     # checkpoint, finishes at once and is collected.
     S.COLLECTING: frozenset({S.TERMINATING, S.PREEMPTED, S.FAILED, S.CANCELLED}),

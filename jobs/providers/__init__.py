@@ -60,6 +60,7 @@ def get_provider(spec: ProviderSpec | str, settings: Settings) -> Provider:
             price_per_hour=spec.price_per_hour or 0.0,
             boot_delay_s=spec.boot_delay_s,
             preempt_rate=spec.preempt_rate or settings.local_preempt_rate,
+            notice_s=spec.notice_s,
         )
     if spec.name == "lambda":
         from jobs.providers.lambda_cloud import from_settings
@@ -68,5 +69,5 @@ def get_provider(spec: ProviderSpec | str, settings: Settings) -> Provider:
     if spec.name == "aws":
         from jobs.providers.aws import AWSProvider
 
-        return AWSProvider.from_spec(spec)
+        return AWSProvider.from_spec(spec, metadata_url=settings.aws_metadata_url)
     raise ValueError(f"unknown provider {spec.name!r}")

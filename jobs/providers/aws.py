@@ -42,6 +42,7 @@ from jobs.providers.aws_wire import (
 )
 from jobs.providers.base import INSTANCE_NAME_PREFIX, Instance, InstanceType, LaunchRequest
 from jobs.providers.errors import CapacityError, InvalidRequest, NotFound
+from jobs.providers.notice import NoticeChannel
 
 if TYPE_CHECKING:
     from queue_app.jobspec import ProviderSpec
@@ -76,6 +77,7 @@ class AWSProvider:
         ami: str | None = None,
         max_spot_price: float | None = None,
         session: boto3.session.Session | None = None,
+        metadata_url: str = "http://169.254.169.254",
     ) -> None:
         self.regions = list(regions or DEFAULT_REGIONS)
         self.allowed_types = list(instance_types or [e.name for e in AWS_CATALOG.entries])
@@ -83,17 +85,19 @@ class AWSProvider:
         self.ami = ami
         self.max_spot_price = max_spot_price
         self._session = session or boto3.session.Session()
+        self.metadata_url = metadata_url
         self._clients: dict[tuple[str, str, int], Any] = {}
         self._lock = threading.Lock()
 
     @classmethod
-    def from_spec(cls, spec: ProviderSpec) -> AWSProvider:
+    def from_spec(cls, spec: ProviderSpec, metadata_url: str | None = None) -> AWSProvider:
         return cls(
             spec.regions,
             instance_types=spec.instance_types,
             ssh_cidrs=spec.ssh_cidrs,
             ami=spec.ami,
             max_spot_price=spec.max_spot_price,
+            **({"metadata_url": metadata_url} if metadata_url else {}),
         )
 
     def __repr__(self) -> str:
@@ -223,6 +227,10 @@ class AWSProvider:
             log.info("aws: %s is already gone", instance_id)
             return
         log.info("aws: terminating %s", instance_id)
+
+    def notice_channel(self, workdir: str) -> NoticeChannel:
+        """Instance metadata (IMDSv2): spot/instance-action and rebalance recommendations."""
+        return NoticeChannel(kind="imds", location=self.metadata_url)
 
     # ---- internals -------------------------------------------------------------------------
 

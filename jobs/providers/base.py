@@ -7,6 +7,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from jobs.providers.notice import NoticeChannel
+
 INSTANCE_NAME_PREFIX = "sf-"
 Capacity = Literal["spot", "on_demand"]
 
@@ -98,4 +100,9 @@ class Provider(Protocol):
 
     def terminate(self, instance_id: str) -> None:
         """Terminate; an instance that is already gone counts as success."""
+        ...
+
+    def notice_channel(self, workdir: str) -> NoticeChannel | None:
+        """Where an instance whose workdir is `workdir` reads its interruption notices (the
+        GPU-side worker polls it, see jobs.providers.notice); None: this provider gives none."""
         ...

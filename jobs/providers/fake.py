@@ -114,6 +114,10 @@ class FakeProvider:
                     update={"status": InstanceStatus.TERMINATED}
                 )
 
+    def notice_channel(self, workdir: str) -> None:
+        """Its instances are never told of an interruption."""
+        return None
+
     def _call(self, what: str, seconds: float) -> None:
         with self._lock:
             self.calls[what] += 1

@@ -147,6 +147,10 @@ class LambdaCloud:
 
         return self._retry.run(attempt, f"launch {request.name}")
 
+    def notice_channel(self, workdir: str) -> None:
+        """Lambda gives no notice before it takes an instance back."""
+        return None
+
     def terminate(self, instance_id: str) -> None:
         """Terminate; an instance that is gone already (unknown, terminated) is success."""
         body = {"instance_ids": [instance_id]}

@@ -18,6 +18,11 @@ Statuses: booting (until boot_delay_s has passed), active, unhealthy (its sshd d
 terminate/preempt, or it was recorded as ended while its sshd still runs: it is reported gone only
 once its processes are), terminated, preempted. Spot instances die on their own schedule when
 `preempt_rate` > 0: a preemption time drawn at launch takes effect when get()/list() see it.
+
+Interruption notices: `home/.saefleet-notice.json` (see jobs.providers.notice), written
+`notice_s` before a random preemption (when get()/list() see that moment), or at once by
+`preempt(id, notice_s=...)`, which kills the instance that many seconds later (again when
+get()/list() see it, or a later `preempt(id)`).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from jobs.providers.errors import (
     ProviderError,
 )
 from jobs.providers.local_sshd import HOST, sshd_runs, start_sshd, stop_instance_processes
+from jobs.providers.notice import Notice, NoticeChannel, NoticeKind, notices_json
 from jobs.ssh import SSHError
 from jobs.ssh_connect import ensure_keypair
 from queue_app.processes import ProcessError
@@ -69,6 +75,7 @@ SPOT_PRICE_FRACTION = 0.35
 TERMINATE_GRACE_S = 5.0
 """terminate() sends SIGTERM, then SIGKILL to what is left after this long."""
 NO_CAPACITY = "no-capacity"
+NOTICE_FILE = ".saefleet-notice.json"
 _INSTANCE_ID = re.compile(r"local-[0-9a-f]{8}")
 
 
@@ -85,6 +92,8 @@ class _InstanceRecord(BaseModel):
     launched_at: float
     ready_at: float
     preempt_at: float | None = None
+    notice_at: float | None = None
+    """When the instance is told of its preemption (None: never)."""
     ended: Literal["terminated", "preempted"] | None = None
     ended_at: float | None = None
 
@@ -110,11 +119,13 @@ class LocalProvider:
         price_per_hour: float = 0.0,
         boot_delay_s: float = 0.0,
         preempt_rate: float = 0.0,
+        notice_s: float = 0.0,
     ) -> None:
         self._root = root
         self._price_per_hour = price_per_hour
         self._boot_delay_s = boot_delay_s
         self._preempt_rate = preempt_rate
+        self._notice_s = notice_s
 
     def instance_types(self) -> builtins.list[InstanceType]:
         """One CPU type; it always has capacity, on demand and spot."""
@@ -178,10 +189,27 @@ class LocalProvider:
         else:
             marker.unlink(missing_ok=True)
 
-    def preempt(self, instance_id: str) -> None:
+    def preempt(self, instance_id: str, notice_s: float = 0.0) -> None:
         """Kill the instance abruptly (SIGKILL to sshd and all its processes), as a cloud
-        reclaiming a spot instance would."""
-        self._end(instance_id, "preempted", grace_s=0.0)
+        reclaiming a spot instance would; with `notice_s`, tell it now and kill it that many
+        seconds later (see the module docstring)."""
+        if notice_s <= 0:
+            self._end(instance_id, "preempted", grace_s=0.0)
+            return
+        with _disk_errors(f"notice to {instance_id}"):
+            self._load(instance_id)
+            with _locked(self._dir(instance_id) / ".lock"):
+                record = self._load(instance_id)
+                if record.ended is not None:
+                    return
+                now = time.time()
+                record = record.model_copy(update={"preempt_at": now + notice_s, "notice_at": now})
+                self._save(record)
+                self._tell(record)
+
+    def notice_channel(self, workdir: str) -> NoticeChannel:
+        """A notice file in the instance's home."""
+        return NoticeChannel(kind="file", location=str(Path(workdir) / NOTICE_FILE))
 
     # ---- records --------------------------------------------------------------------------
 
@@ -222,6 +250,9 @@ class LocalProvider:
         sshd_pid, port = start_sshd(directory, instance_id, user)
         launched_at = time.time()
         delay = preemption_delay_s(request.name, self._preempt_rate)
+        preempt_at = (
+            launched_at + delay if delay is not None and request.capacity == "spot" else None
+        )
         record = _InstanceRecord(
             id=instance_id,
             name=request.name,
@@ -233,9 +264,10 @@ class LocalProvider:
             sshd_pid=sshd_pid,
             launched_at=launched_at,
             ready_at=launched_at + self._boot_delay_s,
-            preempt_at=launched_at + delay
-            if delay is not None and request.capacity == "spot"
-            else None,
+            preempt_at=preempt_at,
+            notice_at=None
+            if preempt_at is None or self._notice_s <= 0
+            else max(launched_at, preempt_at - self._notice_s),
         )
         self._save(record)
         return record
@@ -243,6 +275,9 @@ class LocalProvider:
     def _observe(self, record: _InstanceRecord) -> Instance:
         """The instance as a cloud would report it now (applying a preemption that is due)."""
         now = time.time()
+        due = record.ended is None and record.notice_at is not None and now >= record.notice_at
+        if due and not (self._dir(record.id) / "home" / NOTICE_FILE).exists():
+            self._tell(record)
         if record.ended is None and record.preempt_at is not None and now >= record.preempt_at:
             log.info("local instance %s reached its preemption time", record.id)
             self.preempt(record.id)
@@ -270,6 +305,13 @@ class LocalProvider:
             ssh_user=record.user,
             workdir=str((self._dir(record.id) / "home").absolute()),
         )
+
+    def _tell(self, record: _InstanceRecord) -> None:
+        """Write the instance's notice of its preemption (the same file on every call)."""
+        if record.preempt_at is None:
+            return
+        notice = Notice(kind=NoticeKind.INTERRUPTION, at=record.preempt_at, action="terminate")
+        write_atomic(self._dir(record.id) / "home" / NOTICE_FILE, notices_json([notice]))
 
     def _sshd_pid(self, record: _InstanceRecord) -> int | None:
         """The pid of the instance's sshd if it still runs (and is that sshd, not a reuse)."""

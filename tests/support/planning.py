@@ -55,6 +55,9 @@ class StaticProvider:
     def terminate(self, instance_id: str) -> None:
         raise NotImplementedError
 
+    def notice_channel(self, workdir: str) -> None:
+        return None
+
 
 LIVE_TYPES = [
     itype("gpu_1x_a10", 0.75, 24, ["us-east-1"], gpu="A10"),

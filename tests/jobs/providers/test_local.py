@@ -24,6 +24,7 @@ from jobs.providers.local import (
     LocalProvider,
     preemption_delay_s,
 )
+from jobs.providers.notice import NoticeKind, open_notice_source
 from jobs.ssh import SSHConnectError, SSHSession
 from jobs.ssh_connect import connect
 from queue_app.processes import pid_alive
@@ -261,3 +262,31 @@ def test_preemption_delays_are_reproducible_and_exponential() -> None:
     assert preemption_delay_s("sf-a-1", 0.0) is None
     delays = [preemption_delay_s(f"sf-job{n}-1", 2.0) or 0.0 for n in range(4000)]
     assert statistics.mean(delays) == pytest.approx(1800.0, rel=0.1)  # 2 per hour
+
+
+def test_preempt_with_notice_tells_the_instance_then_kills_it_later(
+    local_provider: LocalProvider, local_instance: Instance
+) -> None:
+    source = open_notice_source(local_provider.notice_channel(local_instance.workdir))
+    assert source.poll() == []
+    told_at = time.time()
+    local_provider.preempt(local_instance.id, notice_s=3600)
+    [notice] = source.poll()
+    assert notice.kind is NoticeKind.INTERRUPTION and notice.at >= told_at + 3600
+    assert local_provider.get(local_instance.id).status is InstanceStatus.ACTIVE
+    local_provider.preempt(local_instance.id)
+    assert local_provider.get(local_instance.id).status is InstanceStatus.PREEMPTED
+
+
+def test_random_spot_preemptions_come_with_notice_s_of_notice(
+    launch_local: LaunchLocal, make_local_provider: Callable[..., LocalProvider]
+) -> None:
+    # the rate that preempts this name an hour after launch; told at launch (3600 s before)
+    provider = make_local_provider(
+        preempt_rate=preemption_delay_s("sf-spot-1", 1.0) / 3600, notice_s=3600
+    )
+    launched_at = time.time()
+    spot = launch_local("sf-spot-1", provider=provider, capacity="spot")
+    [notice] = open_notice_source(provider.notice_channel(spot.workdir)).poll()
+    assert notice.at == pytest.approx(launched_at + 3600, abs=60)
+    assert provider.get(spot.id).status is InstanceStatus.ACTIVE
