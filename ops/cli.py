@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import redis
 import typer
@@ -18,63 +16,38 @@ from jobs.spec import SpecError, load_sweep_file
 from ops import controlplane
 from ops.bench.preemption import bench_preemption_command
 from ops.bench.runner import bench_queue_command
-from ops.errors import OpsError, PublishFailed, PublishRefused
+from ops.cli_common import (
+    JsonFlag,
+    SweepFile,
+    WideFlag,
+    console,
+    emit_json,
+    err,
+    fail,
+    print_error,
+    store,
+)
+from ops.cli_fleet import fleet_app
+from ops.errors import BadInput, PublishFailed, PublishRefused
 from ops.views import (
     attempts_table,
-    instances_table,
     job_json,
     jobs_table,
     sweep_json,
-    terminal,
 )
 from queue_app.admission import QueueDrained
-from queue_app.connection import get_store
 from queue_app.errors import NotFoundError
 from queue_app.settings import get_settings
 from queue_app.statemachine import JobState
-from queue_app.store import Store
-
-console = terminal()
-err = terminal(stderr=True)
 
 app = typer.Typer(help="Run sweeps of SAE training jobs on rented GPUs.", no_args_is_help=True)
 sweep_app = typer.Typer(help="Submit and follow sweeps.", no_args_is_help=True)
 jobs_app = typer.Typer(help="List jobs.", no_args_is_help=True)
 job_app = typer.Typer(help="One job.", no_args_is_help=True)
-fleet_app = typer.Typer(help="The instances saefleet runs.", no_args_is_help=True)
 app.add_typer(sweep_app, name="sweep")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(job_app, name="job")
 app.add_typer(fleet_app, name="fleet")
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-WideFlag = Annotated[bool, typer.Option("--wide", help="Every column and full ids.")]
-# The sweep loader reads the file and names what is wrong with it (missing, unreadable, not
-# UTF-8...) in our own message; click's own readability check would answer first in its words.
-SweepFile = Annotated[Path, typer.Argument(readable=False, show_default=False)]
-
-
-class BadInput(OpsError):
-    """Exit code 2 with this message."""
-
-
-def print_error(message: str) -> None:
-    """One error on stderr, verbatim: user input in it is never read as markup nor wrapped."""
-    err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    print_error(message)
-    raise typer.Exit(code)
-
-
-def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def store() -> Store:
-    return get_store(get_settings())
-
 
 # ---- control plane ------------------------------------------------------------------------------
 
@@ -245,46 +218,6 @@ def job_cancel(job_id: str) -> None:
         console.print(f"job {job_id} cancelled")
     else:
         fail(f"job {job_id} has already finished ({s.job(job_id).state})", code=2)
-
-
-# ---- fleet --------------------------------------------------------------------------------------
-
-
-@fleet_app.command("list")
-def fleet_list(
-    all_: Annotated[bool, typer.Option("--all", help="Include terminated instances.")] = False,
-    json_out: JsonFlag = False,
-) -> None:
-    """Instances saefleet launched (live ones unless --all)."""
-    instances = store().instances(live_only=not all_)
-    if json_out:
-        emit_json([i.model_dump(mode="json") | {"cost_usd": i.cost_usd()} for i in instances])
-    else:
-        console.print(instances_table(instances))
-
-
-@fleet_app.command("preempt")
-def fleet_preempt(
-    instance_id: str,
-    notice: Annotated[
-        float, typer.Option("--notice", min=0, help="Seconds of interruption notice first.")
-    ] = 0.0,
-) -> None:
-    """Kill a local-provider instance abruptly, as a spot interruption would; with --notice,
-    tell the instance first and kill it that many seconds later (this command waits)."""
-    from jobs.providers.local import LocalProvider
-
-    settings = get_settings()
-    instance = store().instance(instance_id)
-    if instance.provider != "local":
-        fail("only local-provider instances can be preempted on purpose", code=2)
-    provider = LocalProvider(settings.local_instances_dir)
-    if notice > 0:
-        provider.preempt(instance_id, notice_s=notice)
-        console.print(f"instance {instance_id} told it is preempted in {notice:g}s")
-        time.sleep(notice)
-    provider.preempt(instance_id)
-    console.print(f"instance {instance_id} preempted")
 
 
 # ---- planning and the watchdog -----------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The operator commands' errors: one base, `OpsError`, whose message the CLI prints as it is.
 
 OpsError                  retryable = False
-├── BadInput              (ops.cli) what was typed is wrong: exit code 2
+├── BadInput              what was typed is wrong: exit code 2
 ├── FlowerConfigError     (ops.flower) Flower must not start as configured
 ├── SweepTimeout          (ops.follow) the sweep did not finish in the time given
 ├── RemoteLogError        (ops.job_logs) an instance's worker log cannot be read over SSH
@@ -19,6 +19,10 @@ class OpsError(Exception):
 
     retryable: ClassVar[bool] = False
     """Whether running the same command again may succeed."""
+
+
+class BadInput(OpsError):
+    """What was typed is wrong: exit code 2 with this message."""
 
 
 class PublishRefused(OpsError):
