@@ -9,11 +9,9 @@ check (moto stores the composite checksum of what it received, as S3 does)."""
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from pathlib import Path
 
-import boto3
 import pytest
 
 from jobs.objectstore import (
@@ -30,7 +28,7 @@ from jobs.objectstore import (
 from jobs.objectstore_s3 import CompletedPart, S3Store, UploadPlan
 from jobs.presigned_upload import upload_file
 from queue_app.settings import Settings
-from tests.support.moto_s3 import ENFORCE_AUTH, TEST_CREDENTIALS, moto_s3_server
+from tests.support.moto_s3 import ENFORCE_AUTH, TEST_CREDENTIALS, fresh_bucket, moto_s3_server
 
 PARENT = "sw1/job1/checkpoints"
 
@@ -38,10 +36,7 @@ PARENT = "sw1/job1/checkpoints"
 @pytest.fixture
 def s3(moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> S3Store:
     """A fresh bucket in moto, opened the way SAEFLEET_STORE_URL opens it."""
-    for name, value in TEST_CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
-    bucket = f"sf-test-{secrets.token_hex(4)}"
-    boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=bucket)
+    bucket = fresh_bucket(moto_endpoint, monkeypatch, "sf-test")
     settings = Settings(
         home=tmp_path / "home", store_url=f"s3://{bucket}/fleet", store_endpoint_url=moto_endpoint
     )

@@ -6,7 +6,6 @@ newest one falls back), collect publishes `final/` and the worker log, and the r
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
 from pathlib import Path
 
@@ -23,16 +22,13 @@ from queue_app.settings import Settings
 from queue_app.statemachine import JobState
 from sae.checkpoint import write_checkpoint
 from tests.jobs.stage_world import StageWorld
-from tests.support.moto_s3 import TEST_CREDENTIALS
+from tests.support.moto_s3 import fresh_bucket
 
 
 @pytest.fixture
 def settings(settings: Settings, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """The test's settings with the store in a fresh moto bucket."""
-    for name, value in TEST_CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
-    bucket = f"sf-stages-{secrets.token_hex(4)}"
-    boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=bucket)
+    bucket = fresh_bucket(moto_endpoint, monkeypatch, "sf-stages")
     monkeypatch.setenv("SAEFLEET_STORE_URL", f"s3://{bucket}/fleet")
     monkeypatch.setenv("SAEFLEET_STORE_ENDPOINT_URL", moto_endpoint)
     return Settings()

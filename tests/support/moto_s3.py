@@ -5,6 +5,7 @@ dummies; the server accepts any."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import boto3
+import pytest
 
 from queue_app.processes import free_port, port_open
 
@@ -60,3 +64,13 @@ def moto_s3_server(log_path: Path, env: dict[str, str] | None = None) -> Iterato
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def fresh_bucket(endpoint: str, monkeypatch: pytest.MonkeyPatch, prefix: str) -> str:
+    """A new bucket named `prefix-<random>` in moto, with the test credentials in the
+    environment as boto3 reads them; returns its name."""
+    for name, value in TEST_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"{prefix}-{secrets.token_hex(4)}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    return bucket
