@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 MIN_TORCH = Version("2.5")
 
-# Runs on the instance with its Python; prints one JSON object.
+# Runs on the instance with its Python; prints one JSON object. torch is imported (1-3 s of CPU)
+# only where nvidia-smi found a GPU: on a machine without one, its version comes from its metadata.
 PROBE = r"""
 import json, shutil, subprocess, sys
 out = {"python": sys.version.split()[0]}
@@ -34,10 +35,14 @@ if smi:
     except Exception as e:
         out["nvidia_smi"] = {"rc": -1, "out": "", "err": repr(e)}
 try:
-    import torch
-    out["torch"] = torch.__version__
-    out["cuda"] = torch.version.cuda
-    out["cuda_available"] = bool(torch.cuda.is_available())
+    if smi:
+        import torch
+        out["torch"] = torch.__version__
+        out["cuda"] = torch.version.cuda
+        out["cuda_available"] = bool(torch.cuda.is_available())
+    else:  # no GPU for torch to see: its installed version is all there is to check
+        from importlib.metadata import version
+        out["torch"] = version("torch")
 except Exception as e:
     out["torch_error"] = repr(e)[:400]
 print(json.dumps(out))

@@ -1,17 +1,22 @@
-"""The GPU checklist's verdicts on probe reports (the probe itself runs in the e2e tests), and
+"""The GPU checklist's verdicts on probe reports, the probe itself with and without a GPU, and
 stage `verify_gpu` over fake SSH: a pass, an unreachable instance retried, a failed check that
 fails the job and terminates the instance, and a duplicate that runs no probe."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from jobs.providers import InstanceStatus
 from jobs.ssh import CommandResult
 from jobs.stage_base import backoff
 from jobs.stages import verify_gpu
-from jobs.verify import GPUReport
+from jobs.verify import PROBE, GPUReport
 from queue_app.jobspec import JobConfig
 from queue_app.records import InstanceRecord
 from queue_app.statemachine import InstanceState, JobState
@@ -137,3 +142,35 @@ def test_a_duplicate_verify_runs_no_probe(stage_world: StageWorld) -> None:
     assert delivery == stage_world.passed_on(job_id)
     assert stage_world.ssh.commands[instance.instance_id] == []
     assert stage_world.job(job_id).state is JobState.BOOTSTRAPPING
+
+
+def _run_probe(path: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env={**os.environ, "PATH": path},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def test_the_probe_reads_torch_from_its_metadata_where_there_is_no_gpu() -> None:
+    report = _run_probe(os.path.dirname(sys.executable))
+    assert "nvidia_smi" not in report and "cuda_available" not in report
+    assert report["torch"] == importlib.metadata.version("torch")
+    assert GPUReport(report).failures(config(require_gpu=False)) == []
+
+
+def test_the_probe_asks_torch_for_cuda_where_nvidia_smi_finds_a_gpu(tmp_path: Path) -> None:
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA A100-SXM4-40GB, 40960, 40000'\n")
+    smi.chmod(0o755)
+    report = _run_probe(f"{tmp_path}:{os.path.dirname(sys.executable)}")
+    assert report["nvidia_smi"]["rc"] == 0
+    assert report["cuda_available"] is False and report["torch"].startswith("2.")
+    failures = GPUReport(report).failures(config(require_gpu=True))
+    assert failures == [
+        f"torch.cuda.is_available(): False (torch {report['torch']}, CUDA {report['cuda']})"
+    ]
