@@ -130,6 +130,16 @@ def _upload_dir(ssh: SSHSession, local: Path, remote: str) -> None:
     )
 
 
+def _local_cpu_threads(ctx: StageContext) -> int:
+    """Local instances share this machine's cores: oversubscribed BLAS threads made a tiny job
+    train ~4x slower with three jobs on two cores, and two threads spinning on a busy machine
+    took twice the CPU of one for the same steps."""
+    if ctx.settings.local_cpu_threads is not None:
+        return ctx.settings.local_cpu_threads
+    jobs = len(ctx.store.sweep(ctx.ref.sweep_id).job_ids)
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
 def _start_script(
     ctx: StageContext, instance: InstanceRecord, layout: RemoteLayout, remote_wheel: str
 ) -> str:
@@ -152,10 +162,7 @@ def _start_script(
         env["PYTHONPATH"] = remote_wheel  # run exactly the uploaded code with this venv's deps
         # ... and this machine's caches, as its venv (a fresh matplotlib font cache costs ~10 s)
         env["MPLCONFIGDIR"] = str(ctx.settings.home / "cache" / "matplotlib")
-        # Local instances share this machine's cores: oversubscribed BLAS threads made a tiny
-        # job train ~4x slower with three jobs on two cores.
-        jobs = len(ctx.store.sweep(ctx.ref.sweep_id).job_ids)
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+        env["OMP_NUM_THREADS"] = str(_local_cpu_threads(ctx))
     else:
         marker, venv = q(remote_wheel + ".installed"), q(layout.venv)
         install = (

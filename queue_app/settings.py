@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         description="Local provider: run the instance's worker with this venv's Python instead "
         "of creating a venv on the instance (the code bundle is still uploaded and used).",
     )
+    local_cpu_threads: int | None = Field(
+        default=None,
+        gt=0,
+        description="Local provider: torch CPU threads per instance (default: this machine's "
+        "cores divided by the sweep's jobs; set 1 where several sweeps share the machine).",
+    )
     local_instances_root: Path | None = Field(
         default=None,
         validation_alias="SAEFLEET_LOCAL_INSTANCES_DIR",

@@ -80,6 +80,8 @@ class ControlPlane:
             "SAEFLEET_REDIS_URL": redis_url,
             "SAEFLEET_POLL_INTERVAL_S": str(poll_interval_s),
             "PYTHONUNBUFFERED": "1",
+            # Two scenarios share the machine's cores (pytest-xdist): one torch thread each.
+            "SAEFLEET_LOCAL_CPU_THREADS": "1",
         }
         self.settings = Settings(home=home, redis_url=redis_url)  # type: ignore[arg-type]
         self.store: Store = connect(redis_url)
