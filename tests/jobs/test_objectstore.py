@@ -9,7 +9,6 @@ import pytest
 
 from jobs.objectstore import (
     STORE_MANIFEST,
-    FileStore,
     StoreConfigError,
     composite_sha256,
     describe_file,
@@ -19,6 +18,7 @@ from jobs.objectstore import (
     publish_folder,
     verify_folder,
 )
+from jobs.objectstore_file import FileStore
 from queue_app.settings import Settings
 
 PARENT = "sw1/job1/checkpoints"
