@@ -1,6 +1,7 @@
 """Two control planes, one sweep: two SAEFLEET_HOMEs on this machine share a Redis that belongs
-to neither (the test's own, as a managed Redis would be), one store and one local instances
-folder (a cloud account both hosts share). The sweep is submitted on host A; once its jobs
+to neither (the test's own, as a managed Redis would be), one store, one local instances folder
+(a cloud account both hosts share) and the fleet's SSH key (`SAEFLEET_HOME/keys`, copied to each
+control host as an operator would). The sweep is submitted on host A; once its jobs
 train and have checkpoints in the store, every process of A is SIGKILLed and never restarted.
 Host B completes the sweep: its tunnel service takes over the instances' tunnels (the same
 remote ports, so the GPU-side workers A launched keep their broker URL), its control worker takes
@@ -47,7 +48,7 @@ def test_host_b_completes_the_sweep_of_a_killed_host_a(
             host.env.update(shared)
             host.settings = Settings(
                 home=host.home,
-                redis_url=redis_url,  # type: ignore[arg-type]
+                redis_url=redis_url,
                 local_instances_root=instances,
                 store_url=store_root.as_uri(),
             )
@@ -68,6 +69,8 @@ def test_host_b_completes_the_sweep_of_a_killed_host_a(
             host_a.stop(name, kill=True)
         killed_at = time.monotonic()
 
+        shutil.copytree(host_a.settings.keys_dir, host_b.settings.keys_dir)
+        first = {j: host_b.store.attempt(j, 1).instance_id for j in job_ids}
         start_plane(host_b)
         sweep = host_b.wait_sweep(sweep_id, timeout_s=SWEEP_TIMEOUT_S)
         took = time.monotonic() - killed_at
@@ -78,7 +81,11 @@ def test_host_b_completes_the_sweep_of_a_killed_host_a(
         assert not [p for p in psutil.process_iter(["cmdline"]) if _instance_sshd(p, instances)]
         summary = json.loads(open_store(host_b.settings).get_bytes(summary_key(sweep_id)) or b"{}")
         assert summary["states"] == {"SUCCEEDED": 3}
-        print(f"two-hosts: host B finished the sweep {took:.1f}s after host A was killed")
+        tunnels = [json.loads(line) for line in (host_b.home / "logs" / "tunnels.log").open()]
+        taken_over = {t["instance"] for t in tunnels if t["msg"].startswith("tunnel up")}
+        assert set(first.values()) <= taken_over  # A's instances kept their way to Redis
+        attempts = {j.job_id: j.attempt for j in jobs}
+        print(f"two-hosts: B finished {took:.1f}s after A was killed; attempts {attempts}")
 
 
 def _instance_sshd(process: psutil.Process, instances: Path) -> bool:
