@@ -62,9 +62,11 @@ def test_host_b_completes_the_sweep_of_a_killed_host_a(
                 raise AssertionError("a job finished training before host A was killed")
             return all(j.state is JobState.TRAINING and j.latest_checkpoint for j in jobs)
 
-        wait_for(
-            "every job training with a checkpoint in the store", all_training_with_a_checkpoint, 180
-        )
+        try:
+            wait_for("every job training with a checkpoint", all_training_with_a_checkpoint, 300)
+        except TimeoutError as exc:
+            states = {j.job_id: (j.state, j.latest_checkpoint) for j in host_a.store.jobs(job_ids)}
+            raise TimeoutError(f"{exc}: {states}") from None
         for name in list(host_a.procs):
             host_a.stop(name, kill=True)
         killed_at = time.monotonic()
