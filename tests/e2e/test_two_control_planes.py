@@ -87,6 +87,7 @@ def test_host_b_completes_the_sweep_of_a_killed_host_a(
         taken_over = {t["instance"] for t in tunnels if t["msg"].startswith("tunnel up")}
         assert set(first.values()) <= taken_over  # A's instances kept their way to Redis
         attempts = {j.job_id: j.attempt for j in jobs}
+        assert attempts == dict.fromkeys(job_ids, 1)  # ... so no job lost its attempt
         print(f"two-hosts: B finished {took:.1f}s after A was killed; attempts {attempts}")
 
 
