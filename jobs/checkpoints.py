@@ -2,10 +2,11 @@
 
 Instances upload their checkpoints themselves (jobs.checkpoint_upload, jobs.upload_grants);
 for the one case where they cannot reach the store (a cloud instance, the file store), a pulled
-checkpoint lands in the store's local folder for it (the file store's own folder), is checked against the trainer's manifest (the copy is whole), then
-published: uploaded with a store manifest that must verify in the store before the checkpoint
-counts. Resume takes the newest checkpoint that verifies in the store (a corrupt or partial
-newer one falls back to the one before). Reads files only, so the control plane stays torch-free.
+checkpoint lands in the store's local folder for it (the file store's own folder), is checked
+against the trainer's manifest (the copy is whole), then published: uploaded with a store
+manifest that must verify in the store before the checkpoint counts. Resume takes the newest
+checkpoint that verifies in the store (a corrupt or partial newer one falls back to the one
+before). Reads files only, so the control plane stays torch-free.
 """
 
 from __future__ import annotations

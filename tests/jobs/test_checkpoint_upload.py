@@ -8,6 +8,7 @@ checkpoint from the store (presigned GETs from moto's S3 server, `file://` for t
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -17,6 +18,7 @@ from jobs.objectstore import StoreError, checkpoints_prefix, open_store, verify_
 from jobs.stages import supervise_training
 from jobs.upload_board import Outcome, UploadBoard, UploadGrant
 from jobs.upload_grants import serve_uploads
+from queue_app.logs import redact
 from queue_app.settings import Settings
 from queue_app.statemachine import JobState
 from sae.checkpoint import verify_checkpoint, write_checkpoint
@@ -206,3 +208,18 @@ def test_a_resumed_attempt_downloads_its_checkpoint_from_the_store(
     with pytest.raises(StoreError, match="does not match"):
         restore_checkpoint(plan_file, tmp_path / "resumed" / "checkpoints")
     assert not (tmp_path / "resumed" / "checkpoints" / "step-0000000099").exists()
+
+
+def test_a_presigned_url_loses_its_signature_and_credential_in_logs(
+    moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket = fresh_bucket(moto_endpoint, monkeypatch, "sf-redact")
+    settings = Settings(
+        home=tmp_path, store_url=f"s3://{bucket}/fleet", store_endpoint_url=moto_endpoint
+    )
+    url = open_store(settings).presign_download("sw1/job/checkpoints/step-1/state.pt")
+    line = redact(f'HTTP Request: GET {url} "HTTP/1.1 200 OK"')
+    signature = parse_qs(urlsplit(url).query)["X-Amz-Signature"][0]
+    credential = parse_qs(urlsplit(url).query)["X-Amz-Credential"][0]
+    assert signature not in line and credential.split("/")[0] not in line
+    assert "X-Amz-Signature=***" in line and line.endswith('"HTTP/1.1 200 OK"')
