@@ -1,5 +1,6 @@
-"""Stage `bootstrap`: upload the code bundle, the job spec and the checkpoint to resume from,
-start the GPU-side Celery worker detached (an SSH drop does not kill it), wait for its ping."""
+"""Stage `bootstrap`: upload the code bundle, the job spec and the checkpoint to resume from
+(a restore plan the instance downloads from the store, or the folder itself over SFTP), start
+the GPU-side Celery worker detached (an SSH drop does not kill it), wait for its ping."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import time
 from pathlib import Path
 
 from jobs.bundle import ensure_bundle
+from jobs.checkpoint_restore import restore_plan
+from jobs.checkpoint_upload import UPLOAD_ENV
 from jobs.checkpoints import newest_stored_checkpoint
 from jobs.errors import StageFailed
 from jobs.instances import open_ssh
@@ -19,6 +22,7 @@ from jobs.remote import RemoteLayout, layout_for, reuses_local_venv, worker_host
 from jobs.ssh import SSHSession
 from jobs.stage_base import StageContext, stage
 from jobs.tunnels import tunnel_broker_url
+from jobs.upload_grants import instance_uploads
 from queue_app.celery_app import app, train_queue
 from queue_app.celery_commands import worker_argv
 from queue_app.records import InstanceRecord
@@ -95,12 +99,29 @@ def _upload(
     ssh.put_bytes(_secrets_env(ctx).encode(), layout.secrets_env, mode=0o600)
     script = _start_script(ctx, instance, layout, remote_wheel)
     ssh.put_bytes(script.encode(), layout.start_script, mode=0o700)
-    checkpoint = newest_stored_checkpoint(ctx.settings, ctx.ref.sweep_id, ctx.ref.job_id)
+    resume_from = _hand_over_checkpoint(ctx, ssh, instance, layout)
+    if resume_from is not None:
+        ctx.update_attempt(resume_from=resume_from)
+        ctx.store.update_job(ctx.ref.job_id, ctx.ref.attempt, resume_from=resume_from)
+        log.info("attempt %d resumes from %s", ctx.ref.attempt, resume_from)
+
+
+def _hand_over_checkpoint(
+    ctx: StageContext, ssh: SSHSession, instance: InstanceRecord, layout: RemoteLayout
+) -> str | None:
+    """The newest checkpoint that verifies in the store, for the instance: a restore plan it
+    downloads from the store itself, or (an instance that cannot reach the store) the folder
+    pushed over SFTP. Its name, or None when the job has none."""
+    sweep_id, job_id = ctx.ref.sweep_id, ctx.ref.job_id
+    if instance_uploads(instance, ctx.settings):
+        plan = restore_plan(ctx.settings, sweep_id, job_id)
+        if plan is not None:
+            ssh.put_bytes(plan.model_dump_json().encode(), layout.restore_plan, mode=0o600)
+        return plan.name if plan else None
+    checkpoint = newest_stored_checkpoint(ctx.settings, sweep_id, job_id)
     if checkpoint is not None:
         _upload_dir(ssh, checkpoint, posixpath.join(layout.checkpoints_dir, checkpoint.name))
-        ctx.update_attempt(resume_from=checkpoint.name)
-        ctx.store.update_job(ctx.ref.job_id, ctx.ref.attempt, resume_from=checkpoint.name)
-        log.info("attempt %d resumes from %s", ctx.ref.attempt, checkpoint.name)
+    return checkpoint.name if checkpoint else None
 
 
 def _secrets_env(ctx: StageContext) -> str:
@@ -153,6 +174,8 @@ def _start_script(
         "SAEFLEET_HOME": posixpath.join(layout.workdir, "home"),
         "SAEFLEET_LOG_LEVEL": ctx.settings.log_level,
     }
+    if instance_uploads(instance, ctx.settings):
+        env[UPLOAD_ENV] = "1"
     channel = ctx.provider.notice_channel(layout.workdir)
     if channel is not None:
         poll = channel.model_copy(update={"poll_s": ctx.settings.notice_poll_s})

@@ -1,9 +1,15 @@
-"""Pulling a finished segment's checkpoint off its instance into the store (jobs.checkpoints):
-the one function that `supervise_training`, the watchdog's drain step and teardown all use, so
-a checkpoint counts as kept only once it verifies in the store, whoever pulled it.
+"""Getting a finished segment's checkpoint into the store: the one function that
+`supervise_training`, the watchdog's drain step and teardown all use, so a checkpoint counts as
+kept only once it verifies in the store, whoever brought it there.
 
-Only one process pulls a job's checkpoint at a time (a renewed Redis lease); the others are told
-so and look again later. SSH errors (`jobs.ssh.SSHError`) pass through to the caller.
+Instances upload their checkpoints themselves, in the background (jobs.checkpoint_upload), when
+they can reach the store (jobs.upload_grants.instance_uploads): here the caller serves the
+attempt's upload board and learns whether the segment's checkpoint is kept yet. Otherwise (a
+cloud instance with the file store, which only this host's disk holds) the checkpoint is pulled
+over SFTP into the store's folder and verified there, while the GPU waits.
+
+Only one process serves or pulls a job's checkpoints at a time (a renewed Redis lease); the
+others are told so and look again later. SSH errors (`jobs.ssh.SSHError`) pass through.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from jobs.checkpoints import (
 from jobs.errors import JobsError
 from jobs.instances import open_ssh
 from jobs.remote import layout_for
+from jobs.upload_board import Outcome, UploadBoard
+from jobs.upload_grants import instance_uploads, serve_uploads
 from queue_app.records import AttemptRecord, InstanceRecord, JobRecord
 from queue_app.settings import Settings
 from queue_app.store import Store
@@ -42,13 +50,16 @@ def pull_segment_checkpoint(
     instance: InstanceRecord,
     record: AttemptRecord,
 ) -> bool:
-    """Copy the checkpoint of `record`'s finished segment into the store and verify it there;
-    record it as the job's latest. False when another process is pulling it right now."""
+    """Bring the checkpoint of `record`'s finished segment into the store and verify it there;
+    record it as the job's latest. False while it is not kept yet: its upload is still going on,
+    or another process holds the job's lease right now."""
     if not record.segment_checkpoint:
         raise CheckpointNotKept(f"segment {record.segment} finished without a checkpoint")
-    with store.lease(f"pull:{job.job_id}", PULL_LEASE_S, renew=True) as held:
+    with store.lease(_lease_name(job.job_id), PULL_LEASE_S, renew=True) as held:
         if not held:
             return False
+        if instance_uploads(instance, settings):
+            return _uploaded(store, settings, job, record)
         name = posixpath.basename(record.segment_checkpoint.rstrip("/"))
         if not checkpoint_stored(settings, job.sweep_id, job.job_id, name):
             local = pulled_checkpoint_dir(settings, job.sweep_id, job.job_id, name)
@@ -64,3 +75,28 @@ def pull_segment_checkpoint(
         prune_stored_checkpoints(settings, job.sweep_id, job.job_id, keep)
         log.info("checkpoint %s of segment %d is in the store", name, record.segment)
         return True
+
+
+def serve_checkpoint_uploads(
+    store: Store, settings: Settings, job: JobRecord, attempt: int
+) -> None:
+    """Move the attempt's checkpoint uploads on (jobs.upload_grants), unless another process
+    serves them right now."""
+    with store.lease(_lease_name(job.job_id), PULL_LEASE_S, renew=True) as held:
+        if held:
+            serve_uploads(store, settings, job, attempt)
+
+
+def _uploaded(store: Store, settings: Settings, job: JobRecord, record: AttemptRecord) -> bool:
+    """Serve the attempt's uploads; True once the segment's checkpoint is kept."""
+    serve_uploads(store, settings, job, record.attempt)
+    if store.attempt(job.job_id, record.attempt).pulled_segment >= record.segment:
+        return True
+    outcome = UploadBoard(store.r, job.job_id, record.attempt).outcome(record.segment)
+    if outcome in (Outcome.REJECTED, Outcome.FAILED):
+        raise CheckpointNotKept(f"segment {record.segment}'s checkpoint upload: {outcome.value}")
+    return False
+
+
+def _lease_name(job_id: str) -> str:
+    return f"pull:{job_id}"

@@ -1,10 +1,12 @@
 """A job's checkpoints in the store (jobs.objectstore): `<sweep>/<job>/checkpoints/<step-…>/`.
 
-A pulled checkpoint lands in the store's local folder for it (the file store's own folder, or
-the S3 store's cache), is checked against the trainer's manifest (the copy is whole), then
-published: uploaded with a store manifest that must verify in the store before the checkpoint
-counts. Resume takes the newest checkpoint that verifies in the store (a corrupt or partial
-newer one falls back to the one before). Reads files only, so the control plane stays torch-free.
+Instances upload their checkpoints themselves (jobs.checkpoint_upload, jobs.upload_grants);
+for the one case where they cannot reach the store (a cloud instance, the file store), a pulled
+checkpoint lands in the store's local folder for it (the file store's own folder), is checked
+against the trainer's manifest (the copy is whole), then published: uploaded with a store
+manifest that must verify in the store before the checkpoint counts. Resume takes the newest
+checkpoint that verifies in the store (a corrupt or partial newer one falls back to the one
+before). Reads files only, so the control plane stays torch-free.
 """
 
 from __future__ import annotations

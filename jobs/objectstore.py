@@ -22,17 +22,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import shutil
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel
 
 from jobs.errors import JobsError
 from queue_app.settings import Settings
-from sae.atomic_files import write_atomic
+
+if TYPE_CHECKING:
+    from jobs.upload_plans import CompletedPart, UploadPlan
 
 STORE_MANIFEST = "store-manifest.json"
 PART_SIZE = 64 << 20
@@ -103,6 +104,22 @@ class ObjectStore(Protocol):
         """Copy `prefix/<name>` for each name into `dest`."""
 
     def delete_prefix(self, prefix: str) -> None: ...
+
+    # Transfers by an instance, which holds no credentials (jobs.upload_plans).
+
+    def presign_upload(self, key: str, entry: ObjectEntry) -> UploadPlan:
+        """Start an upload of `entry` under `key`: a URL per part, expiring."""
+
+    def reissue(self, plan: UploadPlan) -> UploadPlan:
+        """The same upload with fresh URLs."""
+
+    def complete_upload(self, plan: UploadPlan, done: list[CompletedPart]) -> None:
+        """Assemble the uploaded parts into the object (StoreError when a part is missing)."""
+
+    def abort_upload(self, plan: UploadPlan) -> None: ...
+
+    def presign_download(self, key: str) -> str:
+        """A URL an instance can GET `key` from, expiring."""
 
 
 # ---- layout ---------------------------------------------------------------------------------
@@ -189,6 +206,20 @@ def publish_folder(store: ObjectStore, prefix: str, folder: Path) -> StoreManife
     return manifest
 
 
+def finish_uploaded_folder(
+    store: ObjectStore,
+    prefix: str,
+    manifest: StoreManifest,
+    uploads: list[tuple[UploadPlan, list[CompletedPart]]],
+) -> bool:
+    """Complete an instance's uploads of a folder, write its manifest (last) and verify it:
+    True when the folder counts. A part never uploaded fails the completion (StoreError)."""
+    for plan, done in uploads:
+        store.complete_upload(plan, done)
+    store.put_bytes(f"{prefix}/{STORE_MANIFEST}", manifest.model_dump_json(indent=1).encode())
+    return verify_folder(store, prefix)
+
+
 def read_manifest(store: ObjectStore, prefix: str) -> StoreManifest | None:
     raw = store.get_bytes(f"{prefix}/{STORE_MANIFEST}")
     if raw is None:
@@ -223,78 +254,20 @@ def fetch_folder(store: ObjectStore, prefix: str) -> Path:
     if manifest is None:
         raise StoreError(f"{store.location(prefix)} has no manifest")
     local = store.local_dir(prefix)
-    stale = [e.name for e in manifest.objects if not _local_matches(local / e.name, e)]
+    stale = [e.name for e in manifest.objects if not local_matches(local / e.name, e)]
     if stale:
         store.download(prefix, stale, local)
-        if not all(_local_matches(local / e.name, e) for e in manifest.objects):
+        if not all(local_matches(local / e.name, e) for e in manifest.objects):
             raise StoreError(f"{store.location(prefix)} downloaded but does not verify")
     return local
 
 
-def _local_matches(path: Path, entry: ObjectEntry) -> bool:
+def local_matches(path: Path, entry: ObjectEntry) -> bool:
     return (
         path.is_file()
         and path.stat().st_size == entry.size
         and part_sha256(path, entry.part_size) == entry.part_sha256
     )
-
-
-# ---- the file store -----------------------------------------------------------------------------
-
-
-class FileStore:
-    """Keys are files under a local folder (the default: SAEFLEET_HOME/artifacts)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.url = root.as_uri()
-
-    def check(self) -> None:
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreConfigError(f"store {self.url}: cannot create {self.root}: {exc}") from None
-
-    def location(self, key: str) -> str:
-        return str(self.root / key)
-
-    def local_dir(self, prefix: str) -> Path:
-        return self.root / prefix
-
-    def put_file(self, key: str, path: Path, entry: ObjectEntry) -> None:
-        target = self.root / key
-        if target.exists() and target.samefile(path):
-            return  # pulled into place already
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_name(f".{target.name}.part")
-        shutil.copyfile(path, temp)
-        temp.replace(target)
-
-    def put_bytes(self, key: str, data: bytes) -> None:
-        write_atomic(self.root / key, data)
-
-    def get_bytes(self, key: str) -> bytes | None:
-        path = self.root / key
-        return path.read_bytes() if path.is_file() else None
-
-    def list_names(self, prefix: str) -> list[str]:
-        folder = self.root / prefix
-        if not folder.is_dir():
-            return []
-        return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
-
-    def matches(self, key: str, entry: ObjectEntry) -> bool:
-        return _local_matches(self.root / key, entry)
-
-    def download(self, prefix: str, names: list[str], dest: Path) -> None:
-        if dest == self.root / prefix:
-            return
-        for name in names:
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.root / prefix / name, dest / name)
-
-    def delete_prefix(self, prefix: str) -> None:
-        shutil.rmtree(self.root / prefix, ignore_errors=True)
 
 
 # ---- opening the configured store -------------------------------------------------------------
@@ -313,6 +286,8 @@ def _open_store(url: str, endpoint_url: str | None, home: Path) -> ObjectStore:
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise StoreConfigError(f"SAEFLEET_STORE_URL {url!r}: a file URL names no host")
+        from jobs.objectstore_file import FileStore
+
         return FileStore(Path(unquote(parts.path)))
     if parts.scheme == "s3":
         from jobs.objectstore_s3 import S3Store

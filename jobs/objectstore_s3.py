@@ -22,50 +22,24 @@ from typing import Any
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
-from pydantic import BaseModel
 
 from jobs.objectstore import (
-    STORE_MANIFEST,
     ObjectEntry,
     StoreConfigError,
     StoreError,
-    StoreManifest,
     composite_sha256,
-    verify_folder,
+)
+from jobs.upload_plans import (
+    UPLOAD_URL_EXPIRY_S,
+    CompletedPart,
+    PresignedPart,
+    UploadPlan,
+    unsigned_parts,
 )
 
 CONTENT_TYPE = "application/octet-stream"
-UPLOAD_URL_EXPIRY_S = 3 * 3600
-"""Presigned part URLs expire this soon; the control plane re-issues them on request."""
 _MISSING = ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
 _DENIED = ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch")
-
-
-class PresignedPart(BaseModel):
-    """One part of an upload: its bytes are `[offset, offset + size)` of the file."""
-
-    number: int
-    offset: int
-    size: int
-    sha256: str
-    """base64, sent as x-amz-checksum-sha256 (signed into the URL)."""
-    url: str
-    expires_at: float
-    """Unix time after which the URL is refused (by S3; ours are checked by the uploader)."""
-
-
-class UploadPlan(BaseModel):
-    """A multipart upload an instance can complete without credentials."""
-
-    key: str
-    upload_id: str
-    parts: list[PresignedPart]
-
-
-class CompletedPart(BaseModel):
-    number: int
-    etag: str
-    sha256: str
 
 
 class S3Store:
@@ -202,17 +176,7 @@ class S3Store:
                 ContentType=CONTENT_TYPE,
                 ChecksumAlgorithm="SHA256",
             )
-        parts = [
-            PresignedPart(
-                number=i + 1,
-                offset=i * entry.part_size,
-                size=min(entry.part_size, entry.size - i * entry.part_size),
-                sha256=sha,
-                url="",
-                expires_at=0.0,
-            )
-            for i, sha in enumerate(entry.part_sha256)
-        ]
+        parts = unsigned_parts(entry)
         plan = UploadPlan(key=self._full(key), upload_id=upload["UploadId"], parts=parts)
         return self.reissue(plan, expires_s)
 
@@ -241,6 +205,15 @@ class S3Store:
             )
         return url
 
+    def presign_download(self, key: str, expires_s: int = UPLOAD_URL_EXPIRY_S) -> str:
+        """A GET URL for `key` that expires (a resumed attempt downloads its checkpoint)."""
+        params = {"Bucket": self.bucket, "Key": self._full(key)}
+        with _errors(f"presigning {key}"):
+            url: str = self._client.generate_presigned_url(
+                "get_object", Params=params, ExpiresIn=expires_s
+            )
+        return url
+
     def complete_upload(self, plan: UploadPlan, done: list[CompletedPart]) -> None:
         parts = [
             {"PartNumber": p.number, "ETag": p.etag, "ChecksumSHA256": p.sha256}
@@ -253,19 +226,6 @@ class S3Store:
                 UploadId=plan.upload_id,
                 MultipartUpload={"Parts": parts},
             )
-
-    def finish_folder(
-        self,
-        prefix: str,
-        manifest: StoreManifest,
-        uploads: list[tuple[UploadPlan, list[CompletedPart]]],
-    ) -> bool:
-        """Complete an instance's uploads of a folder, write its manifest (last) and verify it:
-        True when the folder counts. A part never uploaded fails the completion (StoreError)."""
-        for plan, done in uploads:
-            self.complete_upload(plan, done)
-        self.put_bytes(f"{prefix}/{STORE_MANIFEST}", manifest.model_dump_json(indent=1).encode())
-        return verify_folder(self, prefix)
 
     def abort_upload(self, plan: UploadPlan) -> None:
         try:

@@ -1,5 +1,7 @@
 """The instance's side of a store upload: PUT each part of a file to its presigned URL (httpx, no
-credentials), asking the control plane for fresh URLs when they have expired.
+credentials), asking the control plane for fresh URLs when they have expired. A `file://` URL
+(the file store, reached by the local provider's instances) takes the part at its offset in the
+staging file instead: the same plan, the same expiry, the same completion.
 
 Expiry is checked here, before a part is sent, from the plan's `expires_at` (with a margin for
 the part's transfer), and again when the service answers 403 "Request has expired": some
@@ -9,15 +11,19 @@ Corruption is not this module's concern: the control plane's manifest check catc
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
 from jobs.objectstore import StoreError
-from jobs.objectstore_s3 import CONTENT_TYPE, CompletedPart, PresignedPart, UploadPlan
+from jobs.objectstore_s3 import CONTENT_TYPE
+from jobs.upload_plans import CompletedPart, PresignedPart, UploadPlan
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,8 @@ def upload_file(
 
 def _put_part(http: httpx.Client, part: PresignedPart, body: bytes) -> str | None:
     """The part's ETag, or None when the URL was refused as expired."""
+    if part.url.startswith("file://"):
+        return _write_part(part, body)
     headers = {"Content-Type": CONTENT_TYPE, "x-amz-checksum-sha256": part.sha256}
     try:
         reply = http.put(part.url, content=body, headers=headers)
@@ -74,3 +82,18 @@ def _put_part(http: httpx.Client, part: PresignedPart, body: bytes) -> str | Non
     if reply.status_code != 200 or "etag" not in reply.headers:
         raise StoreError(f"upload of part {part.number}: HTTP {reply.status_code}")
     return reply.headers["etag"]
+
+
+def _write_part(part: PresignedPart, body: bytes) -> str:
+    """Write the part at its offset in the file store's staging file; its ETag is its SHA-256."""
+    path = Path(unquote(urlsplit(part.url).path))
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError as exc:
+        raise StoreError(f"upload of part {part.number}: {exc.strerror}") from None
+    try:
+        os.pwrite(fd, body, part.offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return hashlib.sha256(body).hexdigest()

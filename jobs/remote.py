@@ -39,6 +39,16 @@ class RemoteLayout:
         return self._join("secrets.env")
 
     @property
+    def restore_plan(self) -> str:
+        """The checkpoint a resumed attempt downloads from the store (0600: it holds URLs)."""
+        return self._join("restore.json")
+
+    @property
+    def upload_outbox(self) -> str:
+        """Snapshots of checkpoints being uploaded to the store."""
+        return self._join("outbox")
+
+    @property
     def start_script(self) -> str:
         return self._join("start-worker.sh")
 

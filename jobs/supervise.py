@@ -1,7 +1,10 @@
 """Stage `supervise_training`: the control-plane side of training.
 
-It sends one `train_segment` at a time to the instance's queue, follows the attempt record, pulls
-each segment's checkpoint off the instance before the segment counts, and re-schedules itself.
+It sends one `train_segment` at a time to the instance's queue, follows the attempt record, and
+re-schedules itself. An instance that reaches the store uploads each checkpoint in the background
+while the next segment trains: every run serves its upload board (jobs.upload_grants), and only
+the last checkpoint (the run done or stopped) is waited for. Otherwise each segment's checkpoint
+is pulled off the instance over SFTP before the next segment starts.
 Because it runs on the control plane, the sweep chord's slot never depends on a task that could
 be lost with its instance; on preemption it resumes by replacement (see jobs.stage_base).
 After an interruption notice (PREEMPTING, see jobs.notice_watch) it waits for the segment the
@@ -15,9 +18,14 @@ import logging
 import time
 from typing import Any
 
-from jobs.checkpoint_pull import CheckpointNotKept, pull_segment_checkpoint
+from jobs.checkpoint_pull import (
+    CheckpointNotKept,
+    pull_segment_checkpoint,
+    serve_checkpoint_uploads,
+)
 from jobs.errors import StageFailed
 from jobs.stage_base import StageContext, preempt, stage
+from jobs.upload_grants import instance_uploads
 from queue_app.admission import drain_state
 from queue_app.celery_app import TRAIN_SEGMENT_TASK, app, segment_task_id
 from queue_app.errors import IllegalTransition
@@ -42,6 +50,9 @@ def supervise_training(ctx: StageContext) -> dict[str, Any] | None:
             raise
         return _resume_on_notice(ctx)
     instance = ctx.require_instance()
+    background = instance_uploads(instance, ctx.settings)
+    if background:  # the instance uploads each checkpoint while the next segment trains
+        serve_checkpoint_uploads(ctx.store, ctx.settings, ctx.job, ctx.ref.attempt)
     record = ctx.attempt()
     status = record.segment_status
     if record.segment == 0:
@@ -52,11 +63,12 @@ def supervise_training(ctx: StageContext) -> dict[str, Any] | None:
     elif status is SegmentStatus.FAILED:
         raise StageFailed(f"training segment {record.segment} failed: {record.segment_error}")
     elif status is SegmentStatus.DONE:
-        if record.pulled_segment < record.segment:
+        stop = ctx.store.job(ctx.ref.job_id).stop_requested or ""
+        last = record.segment_done or stop in STOP_STATES
+        if record.pulled_segment < record.segment and (last or not background):
             _pull_checkpoint(ctx, instance, record)
         if record.segment_done:
             return None  # on to collect
-        stop = ctx.store.job(ctx.ref.job_id).stop_requested or ""
         if stop in STOP_STATES:
             _stop(ctx, stop)
             return None
@@ -108,13 +120,13 @@ def _send_segment(ctx: StageContext, instance: InstanceRecord, segment: int) -> 
 
 
 def _pull_checkpoint(ctx: StageContext, instance: InstanceRecord, record: AttemptRecord) -> None:
-    """Copy the segment's checkpoint into the checkpoint store and verify it there."""
+    """Get the segment's checkpoint kept in the store (uploaded or pulled), or poll again."""
     try:
         pulled = pull_segment_checkpoint(ctx.store, ctx.settings, ctx.job, instance, record)
     except CheckpointNotKept as exc:
         raise StageFailed(str(exc)) from None
     if not pulled:
-        ctx.poll()  # another process is pulling it
+        ctx.poll()  # its upload goes on, or another process is pulling it
 
 
 def _stop(ctx: StageContext, stop: str) -> None:

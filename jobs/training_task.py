@@ -1,7 +1,9 @@
 """`train_segment`: the one task the GPU-side worker runs (only that worker loads this module).
 
 It trains for at most `segment_minutes` (or until done, or told to stop), writes a checkpoint,
-and records the outcome in the attempt record for `supervise_training` to pull. The LM and data
+hands it to the background uploader (jobs.checkpoint_upload) when the instance reaches the store,
+and records the outcome in the attempt record for `supervise_training`. A resumed attempt's first
+segment downloads its checkpoint from the store (jobs.checkpoint_restore). The LM and data
 stream stay cached in this worker process between segments. It is acknowledged on receipt: a
 segment lost with its instance is recovered by the watchdog (fencing + resume), never by
 redelivery.
@@ -18,8 +20,12 @@ from typing import TYPE_CHECKING, Any
 import redis
 from celery import Task
 
+from jobs.checkpoint_restore import restore_checkpoint
+from jobs.checkpoint_upload import upload_in_background, uploads_from_here
 from jobs.notice_watch import stop_for_notice, watch_notices
+from jobs.remote import RemoteLayout
 from jobs.tracking import RunTracker
+from jobs.upload_board import UploadBoard
 from queue_app.celery_app import TRAIN_SEGMENT_TASK, app
 from queue_app.connection import get_store
 from queue_app.errors import StaleAttempt
@@ -85,6 +91,9 @@ def _training_run(job_id: str, attempt: int, workdir: Path) -> TrainingRun:
     key = (job_id, attempt)
     if key not in _runs:
         _runs.clear()  # one job per instance: drop anything older
+        restore_checkpoint(
+            Path(RemoteLayout(str(workdir)).restore_plan), workdir / "run" / "checkpoints"
+        )
         _runs[key] = TrainingRun(_job_config(workdir).run_config(), workdir / "run")
     return _runs[key]
 
@@ -142,6 +151,10 @@ def train_segment(task: Task, job_id: str, attempt: int, segment: int, instance_
         if tracker is not None:
             tracker.finish(result.metrics.get("evals") if result.done else None)
         checkpoint = Path(result.checkpoint).resolve().relative_to((workdir / "run").resolve())
+        if uploads_from_here():  # in the background: the next segment does not wait for it
+            outbox = Path(RemoteLayout(str(workdir)).upload_outbox)
+            board = UploadBoard(store.r, job_id, attempt)
+            upload_in_background(board, segment, Path(result.checkpoint), outbox)
         _finish(
             store,
             job_id,

@@ -16,6 +16,7 @@ from jobs.spec import SpecError, load_sweep_file
 from ops import controlplane
 from ops.bench.preemption import bench_preemption_command
 from ops.bench.runner import bench_queue_command
+from ops.bench.store import bench_store_command
 from ops.cli_common import (
     JsonFlag,
     SweepFile,
@@ -294,6 +295,7 @@ bench_app = typer.Typer(help="Benchmarks of saefleet itself.", no_args_is_help=T
 app.add_typer(bench_app, name="bench")
 bench_app.command("queue")(bench_queue_command)
 bench_app.command("preemption")(bench_preemption_command)
+bench_app.command("store")(bench_store_command)
 
 
 # ---- entry point --------------------------------------------------------------------------------

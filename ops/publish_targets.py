@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
-from jobs.objectstore import FileStore, ObjectStore, StoreConfigError, describe_folder
+from jobs.objectstore import ObjectStore, StoreConfigError, describe_folder
+from jobs.objectstore_file import FileStore
 from ops.errors import PublishFailed, PublishRefused
 from queue_app.logs import redact, register_secret
 from queue_app.settings import Settings

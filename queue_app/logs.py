@@ -20,6 +20,8 @@ _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar
 _secrets: set[str] = set()
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s]+@", re.I)
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
+_PRESIGNED = re.compile(r"(?i)(X-Amz-(?:Signature|Credential|Security-Token)=)[^&\s\"']+")
+"""The secret parts of a presigned URL's query (httpx logs each request's URL)."""
 _TOKEN_LIKE = re.compile(r"\b(hf_[A-Za-z0-9]{10,}|secret_[A-Za-z0-9_.-]{10,})\b")
 REDACTED = "***"
 
@@ -31,12 +33,14 @@ def register_secret(value: str | None) -> None:
 
 
 def redact(text: str) -> str:
-    """Remove registered secrets, URL passwords, bearer tokens and token-like strings."""
+    """Remove registered secrets, URL passwords, bearer tokens, presigned URLs' signatures
+    and credentials, and token-like strings."""
     for secret in sorted(_secrets, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, REDACTED)
     text = _URL_PASSWORD.sub(rf"\g<scheme>\g<user>:{REDACTED}@", text)
     text = _BEARER.sub(rf"\g<1>{REDACTED}", text)
+    text = _PRESIGNED.sub(rf"\g<1>{REDACTED}", text)
     return _TOKEN_LIKE.sub(REDACTED, text)
 
 

@@ -179,7 +179,8 @@ class AttemptRecord(Record):
     segment_stopped: bool = False
     """The run stopped on request in this segment."""
     pulled_segment: int = 0
-    """The last segment whose checkpoint was pulled home."""
+    """The last segment whose checkpoint is kept in the store (uploaded by the instance and
+    verified, or pulled over SFTP)."""
     terminate_started_at: float | None = None
     """When the terminate stage first ran for it (its confirm timeout counts from here)."""
 

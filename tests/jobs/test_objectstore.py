@@ -3,14 +3,16 @@ count once their manifest verifies (stat + checksum), a corrupt newest one falls
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from jobs.objectstore import (
+    MIN_PART_SIZE,
     STORE_MANIFEST,
-    FileStore,
     StoreConfigError,
+    StoreError,
     composite_sha256,
     describe_file,
     fetch_folder,
@@ -19,6 +21,8 @@ from jobs.objectstore import (
     publish_folder,
     verify_folder,
 )
+from jobs.objectstore_file import FileStore
+from jobs.presigned_upload import upload_file
 from queue_app.settings import Settings
 
 PARENT = "sw1/job1/checkpoints"
@@ -88,3 +92,18 @@ def test_part_checksums_make_the_s3_composite(tmp_path: Path) -> None:
     entry = describe_file(path, "f", part_size=4)
     assert entry.size == 10 and len(entry.part_sha256) == 3
     assert composite_sha256(entry.part_sha256) != composite_sha256(entry.part_sha256[:2])
+
+
+def test_the_file_store_takes_uploads_through_file_urls_part_by_part(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    source = tmp_path / "state.pt"
+    source.write_bytes(os.urandom(3 * MIN_PART_SIZE // 2))
+    entry = describe_file(source, "state.pt", part_size=MIN_PART_SIZE)
+    plan = store.presign_upload("sw/job/checkpoints/step-1/state.pt", entry)
+    assert [p.url.startswith("file://") for p in plan.parts] == [True, True]
+    done = upload_file(source, plan, store.reissue)
+    with pytest.raises(StoreError, match="parts missing"):
+        store.complete_upload(plan, done[:1])
+    assert store.list_names("sw/job/checkpoints") == []  # nothing shows before completion
+    store.complete_upload(plan, done)
+    assert store.matches("sw/job/checkpoints/step-1/state.pt", entry)

@@ -20,13 +20,15 @@ from jobs.objectstore import (
     StoreError,
     describe_folder,
     fetch_folder,
+    finish_uploaded_folder,
     newest_verified,
     open_store,
     publish_folder,
     verify_folder,
 )
-from jobs.objectstore_s3 import CompletedPart, S3Store, UploadPlan
+from jobs.objectstore_s3 import S3Store
 from jobs.presigned_upload import upload_file
+from jobs.upload_plans import CompletedPart, UploadPlan
 from queue_app.settings import Settings
 from tests.support.moto_s3 import ENFORCE_AUTH, TEST_CREDENTIALS, fresh_bucket, moto_s3_server
 
@@ -74,7 +76,7 @@ def test_presigned_multipart_upload_counts_once_its_manifest_verifies(
     assert [len(plan.parts) for plan, _ in uploads] == [1, 3]  # config.json, state.pt
     assert all("X-Amz-Signature" in p.url for plan, _ in uploads for p in plan.parts)
     assert newest_verified(s3, PARENT) is None  # uploaded, no manifest yet: does not count
-    assert s3.finish_folder(f"{PARENT}/step-0000000100", manifest, uploads)  # type: ignore[arg-type]
+    assert finish_uploaded_folder(s3, f"{PARENT}/step-0000000100", manifest, uploads)  # type: ignore[arg-type]
     assert newest_verified(s3, PARENT) == "step-0000000100"
     local = fetch_folder(s3, f"{PARENT}/step-0000000100")
     assert (local / "state.pt").read_bytes() == (folder / "state.pt").read_bytes()
@@ -94,7 +96,7 @@ def test_a_corrupt_part_does_not_count_and_the_previous_checkpoint_is_used(
     for entry in manifest.objects:
         plan = s3.presign_upload(f"{PARENT}/step-0000000200/{entry.name}", entry)
         uploads.append((plan, upload_file(bad / entry.name, plan, s3.reissue)))
-    assert not s3.finish_folder(f"{PARENT}/step-0000000200", manifest, uploads)
+    assert not finish_uploaded_folder(s3, f"{PARENT}/step-0000000200", manifest, uploads)
     assert newest_verified(s3, PARENT) == "step-0000000100"
 
 
@@ -119,7 +121,7 @@ def test_an_interrupted_upload_never_counts(s3: S3Store, tmp_path: Path) -> None
         uploads.append((plan, done[:1]))  # preempted after the first part of each file
     assert newest_verified(s3, PARENT) == "step-0000000100"
     # S3 completes an upload from the parts it is given: the object is short, the check sees it
-    assert not s3.finish_folder(f"{PARENT}/step-0000000200", manifest, uploads)
+    assert not finish_uploaded_folder(s3, f"{PARENT}/step-0000000200", manifest, uploads)
     assert newest_verified(s3, PARENT) == "step-0000000100"
     with pytest.raises(StoreError):  # and an upload nobody started cannot be completed
         s3.complete_upload(uploads[0][0].model_copy(update={"upload_id": "gone"}), uploads[0][1])

@@ -1,4 +1,5 @@
-"""Stage `supervise_training` against fake SSH: one segment at a time, each segment's
+"""Stage `supervise_training` against fake SSH, for a cloud instance with the file store (it
+cannot reach the store, so checkpoints come over SFTP): one segment at a time, each segment's
 checkpoint pulled and verified before the next is sent; a lost connection during a pull is
 retried; a failed segment or a corrupt checkpoint fails the job and terminates the instance;
 duplicate supervisors send each segment once."""
@@ -42,7 +43,7 @@ def _segment_done(
 
 def _training(world: StageWorld) -> tuple[str, InstanceRecord]:
     job_id = world.sweep()
-    return job_id, world.launch(job_id, S.TRAINING)
+    return job_id, world.launch(job_id, S.TRAINING, provider="lambda")
 
 
 def test_segments_are_sent_one_at_a_time_and_each_checkpoint_is_pulled(

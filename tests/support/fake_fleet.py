@@ -68,8 +68,11 @@ class FakeFleet:
         state: JobState = S.TRAINING,
         price_per_hour: float = 1.0,
         launched_ago_s: float = 60.0,
+        provider: str = "local",
     ) -> InstanceRecord:
-        """Walk the job to `state` with an instance for its current attempt."""
+        """Walk the job to `state` with an instance for its current attempt (`provider`: the
+        name its record carries; "local" instances share this machine's disk and move their
+        checkpoints through the store themselves, others over SFTP)."""
         job = self.store.job(job_id)
         if job.state is S.PREEMPTED:
             self.store.begin_attempt(job_id, job.attempt + 1)
@@ -79,7 +82,7 @@ class FakeFleet:
         self.provider.add(instance_id, name)
         record = InstanceRecord(
             instance_id=instance_id,
-            provider="local",
+            provider=provider,
             name=name,
             job_id=job_id,
             sweep_id=job.sweep_id,
