@@ -21,6 +21,7 @@ from jobs.stage_base import StageContext, stage
 from jobs.tunnels import tunnel_broker_url
 from queue_app.celery_app import app, train_queue
 from queue_app.celery_commands import worker_argv
+from queue_app.pack_mirror import following_members
 from queue_app.records import InstanceRecord
 from queue_app.statemachine import JobState
 
@@ -95,12 +96,18 @@ def _upload(
     ssh.put_bytes(_secrets_env(ctx).encode(), layout.secrets_env, mode=0o600)
     script = _start_script(ctx, instance, layout, remote_wheel)
     ssh.put_bytes(script.encode(), layout.start_script, mode=0o700)
-    checkpoint = newest_stored_checkpoint(ctx.settings, ctx.ref.sweep_id, ctx.ref.job_id)
-    if checkpoint is not None:
-        _upload_dir(ssh, checkpoint, posixpath.join(layout.checkpoints_dir, checkpoint.name))
-        ctx.update_attempt(resume_from=checkpoint.name)
-        ctx.store.update_job(ctx.ref.job_id, ctx.ref.attempt, resume_from=checkpoint.name)
-        log.info("attempt %d resumes from %s", ctx.ref.attempt, checkpoint.name)
+    runs = {ctx.ref.job_id: layout.checkpoints_dir}
+    if ctx.job.members:  # a pack: each member resumes from its own newest checkpoint
+        members = following_members(ctx.store, ctx.ref.job_id, ctx.ref.attempt)
+        runs = {m: posixpath.join(layout.run_dir, m, "checkpoints") for m in members}
+    for job_id, checkpoints_dir in runs.items():
+        checkpoint = newest_stored_checkpoint(ctx.settings, ctx.ref.sweep_id, job_id)
+        if checkpoint is None:
+            continue
+        _upload_dir(ssh, checkpoint, posixpath.join(checkpoints_dir, checkpoint.name))
+        ctx.store.update_attempt(job_id, ctx.ref.attempt, resume_from=checkpoint.name)
+        ctx.store.update_job(job_id, ctx.ref.attempt, resume_from=checkpoint.name)
+        log.info("attempt %d of %s resumes from %s", ctx.ref.attempt, job_id, checkpoint.name)
 
 
 def _secrets_env(ctx: StageContext) -> str:

@@ -6,7 +6,8 @@ Because it runs on the control plane, the sweep chord's slot never depends on a 
 be lost with its instance; on preemption it resumes by replacement (see jobs.stage_base).
 After an interruption notice (PREEMPTING, see jobs.notice_watch) it waits for the segment the
 notice stopped, pulls its checkpoint and starts the next attempt at once, while the noticed
-instance still runs.
+instance still runs. A pack job (jobs.pack_stages) pulls every member's checkpoint and settles
+the members that finished, failed or were stopped after each segment.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from jobs.checkpoint_pull import CheckpointNotKept, pull_segment_checkpoint
 from jobs.errors import StageFailed
+from jobs.pack_stages import pull_pack_checkpoints, settle_members
 from jobs.stage_base import StageContext, preempt, stage
 from queue_app.admission import drain_state
 from queue_app.celery_app import TRAIN_SEGMENT_TASK, app, segment_task_id
@@ -54,7 +56,10 @@ def supervise_training(ctx: StageContext) -> dict[str, Any] | None:
     elif status is SegmentStatus.DONE:
         if record.pulled_segment < record.segment:
             _pull_checkpoint(ctx, instance, record)
-        if record.segment_done:
+        if ctx.job.members:
+            if settle_members(ctx, instance, record):
+                return None  # every member of the pack has left it: on to collect
+        elif record.segment_done:
             return None  # on to collect
         stop = ctx.store.job(ctx.ref.job_id).stop_requested or ""
         if stop in STOP_STATES:
@@ -108,9 +113,13 @@ def _send_segment(ctx: StageContext, instance: InstanceRecord, segment: int) -> 
 
 
 def _pull_checkpoint(ctx: StageContext, instance: InstanceRecord, record: AttemptRecord) -> None:
-    """Copy the segment's checkpoint into the checkpoint store and verify it there."""
+    """Copy the segment's checkpoint (a pack's: every member's) into the checkpoint store and
+    verify it there."""
     try:
-        pulled = pull_segment_checkpoint(ctx.store, ctx.settings, ctx.job, instance, record)
+        if ctx.job.members:
+            pulled = pull_pack_checkpoints(ctx, instance, record)
+        else:
+            pulled = pull_segment_checkpoint(ctx.store, ctx.settings, ctx.job, instance, record)
     except CheckpointNotKept as exc:
         raise StageFailed(str(exc)) from None
     if not pulled:

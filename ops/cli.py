@@ -94,7 +94,7 @@ def sweep_submit(
                 err.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
         if plan.estimated_cost_usd is not None:
             console.print(f"estimated cost: ${plan.estimated_cost_usd:.2f}")
-    sweep = submit_sweep(spec, jobs, store())
+    sweep = submit_sweep(spec, jobs, store(), plan)
     if json_out and not wait:
         emit_json({"sweep_id": sweep.sweep_id, "jobs": sweep.job_ids})
         return
