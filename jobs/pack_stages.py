@@ -3,7 +3,8 @@ on one instance for all its members, whose records follow its state (queue_app.p
 This module holds what is a member's own:
 
 - `follow_pack`: a member's place in the sweep chord (jobs.canvas). It polls the member's
-  record and hands the chord the member's JobResult once the member is final.
+  record and hands the chord the member's JobResult once the member is final and so is its
+  cost share (every instance it trained on is gone).
 - `pull_pack_checkpoints`: after each segment, every member's checkpoint (all at the same
   stream position) into that member's own place in the store, through the one pull function
   (jobs.checkpoint_pull). A member whose checkpoint does not verify fails alone.
@@ -27,6 +28,7 @@ from celery.exceptions import Ignore, Reject
 from jobs.checkpoint_pull import CheckpointNotKept, pull_segment_checkpoint
 from jobs.collect import collect_final
 from jobs.errors import JobsError
+from jobs.job_cost import job_instances
 from jobs.pipeline import FOLLOW_PACK_TASK, JobRef
 from jobs.remote import layout_for
 from jobs.results import job_result
@@ -35,9 +37,10 @@ from queue_app.celery_app import app
 from queue_app.connection import get_store
 from queue_app.errors import IllegalTransition, NotFoundError, StaleAttempt
 from queue_app.pack_mirror import following_members
-from queue_app.records import AttemptRecord, InstanceRecord
+from queue_app.records import AttemptRecord, InstanceRecord, JobRecord
 from queue_app.settings import get_settings
 from queue_app.statemachine import JobState
+from queue_app.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +58,16 @@ def follow_pack(task: Task, ref: dict[str, Any]) -> dict[str, Any]:
         raise Ignore() from None
     except redis.exceptions.ConnectionError:
         raise Reject("redis unavailable", requeue=True) from None
-    if not job.terminal:
+    if not job.terminal or not _cost_final(store, job):
         raise task.retry(countdown=min(get_settings().poll_interval_s, MAX_COUNTDOWN_S))
     return job_result(store, job_ref.job_id).model_dump(mode="json")
+
+
+def _cost_final(store: Store, job: JobRecord) -> bool:
+    """The member's cost share can grow no more: every instance it trained on is gone (the last
+    members to leave share an instance's time until it is), or its pack has ended."""
+    instances = job_instances(store, job.job_id)
+    return all(i.terminated_at for i in instances) or store.job(job.pack_id or "").terminal
 
 
 def pull_pack_checkpoints(

@@ -33,6 +33,7 @@ from ops.views import (
     attempts_table,
     job_json,
     jobs_table,
+    pack_line,
     sweep_json,
 )
 from queue_app.admission import QueueDrained
@@ -197,6 +198,8 @@ def job_show(job_id: str, json_out: JsonFlag = False) -> None:
     console.print(jobs_table(s, [job], title=f"job {job_id}"))
     if job.reason:
         console.print(f"reason: {escape(job.reason)}")
+    if job.pack_id or job.members:
+        console.print(pack_line(s, job))
     console.print(attempts_table(s, job))
     if job.metrics:
         console.print("metrics: " + ", ".join(f"{k}={_num(v)}" for k, v in job.metrics.items()))

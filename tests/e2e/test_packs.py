@@ -17,14 +17,16 @@ import pytest
 from jobs.job_cost import job_cost_usd
 from jobs.pack_training import FAULTS_FILE
 from queue_app.statemachine import JobState
-from tests.e2e.harness import LONG_RUN, ControlPlane, start_plane
+from tests.e2e.harness import ControlPlane, pulled_checkpoint_while_training, start_plane
 from tests.e2e.held_stages import arm, reached, release
 from tests.support.sweeps import write_sweep
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.sshd]
 
-NEVER = LONG_RUN["train.total_tokens"]
+# 256 steps in 3-second segments (a pack checkpoints and pulls every member after each).
+RUN = {"train.total_tokens": 131_072, "segment_minutes": 0.05}
+NEVER = RUN["train.total_tokens"]
 # Member 3 stops early (a plateau: no evaluation improves tenfold) once past 4,096 tokens;
 # the others may not stop before the end.
 EARLY_STOP = {
@@ -78,7 +80,7 @@ def test_pack_of_four_with_a_failure_an_early_stop_a_preemption_and_a_cancel(
 ) -> None:
     start_plane(plane, app="tests.e2e.held_stages")
     grid = {"early_stop.min_tokens": [NEVER, NEVER, NEVER, 4096]}
-    run = {**LONG_RUN, **EARLY_STOP}
+    run = {**RUN, **EARLY_STOP}
     sweep_file = write_sweep(
         tmp_path, fleet_assets, grid=grid, max_pack_size=4, provider=PRICED, **run
     )
@@ -88,7 +90,9 @@ def test_pack_of_four_with_a_failure_an_early_stop_a_preemption_and_a_cancel(
 
     # The NaN hook is read when the pack's run is built: write it before training starts.
     arm(plane.home, "supervise_training", pack_id, 1)
-    wait_for("the pack's supervisor", lambda: reached(plane.home, "supervise_training", pack_id, 1))
+    wait_for(
+        "the pack's supervisor", lambda: reached(plane.home, "supervise_training", pack_id, 1), 120
+    )
     workdir = Path(
         plane.store.instance(plane.store.attempt(pack_id, 1).instance_id or "").workdir or ""
     )
@@ -100,8 +104,9 @@ def test_pack_of_four_with_a_failure_an_early_stop_a_preemption_and_a_cancel(
         if not (jobs[failing].terminal and jobs[early].terminal):
             return None
         job = jobs[plain]
-        if job.state is not JobState.TRAINING or not job.latest_checkpoint:
+        if pulled_checkpoint_while_training(plane.store, plain) is None:
             return None
+        assert job.latest_checkpoint
         if int(job.progress.get("step", 0)) < int(job.latest_checkpoint.removeprefix("step-")) + 3:
             return None
         return plane.store.attempt(pack_id, 1).instance_id
@@ -109,7 +114,7 @@ def test_pack_of_four_with_a_failure_an_early_stop_a_preemption_and_a_cancel(
     first_instance = wait_for(
         "a member failed, one stopped early, a checkpoint",
         mid_training_after_a_checkpoint,
-        timeout_s=120,
+        timeout_s=240,
     )
     plane.local_provider().preempt(first_instance)
     wait_for(
