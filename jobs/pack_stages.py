@@ -87,6 +87,9 @@ def pull_pack_checkpoints(
                 return False
         except CheckpointNotKept as exc:
             _leave(ctx, member_id, JobState.FAILED, f"its checkpoint is not kept: {exc}")
+    names = [posixpath.basename(o["checkpoint"]) for o in record.member_outcomes.values()]
+    if any(names):  # the stream position every member checkpointed at, for the pack's reasons
+        ctx.store.update_job(ctx.ref.job_id, record.attempt, latest_checkpoint=max(names))
     ctx.update_attempt(pulled_segment=record.segment)
     return True
 

@@ -127,13 +127,17 @@ def sweep_wait(sweep_id: str, json_out: JsonFlag = False) -> None:
 
 @sweep_app.command("cancel")
 def sweep_cancel(sweep_id: str) -> None:
-    """Cancel every unfinished job of a sweep (their instances are terminated)."""
+    """Cancel every unfinished job of a sweep, and its packs (their instances are terminated)."""
     from ops.stopping import cancel_job
 
     s = store()
-    s.sweep(sweep_id)  # an unknown sweep is bad input, not "0 cancelled"
+    sweep = s.sweep(sweep_id)  # an unknown sweep is bad input, not "0 cancelled"
     reason = "cancelled by user"
-    cancelled = [j.job_id for j in s.sweep_jobs(sweep_id) if cancel_job(s, j.job_id, reason)]
+    unfinished = {j.job_id for j in s.sweep_jobs(sweep_id) if not j.terminal}
+    for job_id in [*sweep.pack_ids, *unfinished]:  # a pack job's members go with it
+        cancel_job(s, job_id, reason)
+    now = s.sweep_jobs(sweep_id)
+    cancelled = [j.job_id for j in now if j.job_id in unfinished and j.state is JobState.CANCELLED]
     if not cancelled:
         fail(f"sweep {sweep_id} has no unfinished job to cancel", code=2)
     console.print(f"cancelled {len(cancelled)} job(s)")

@@ -102,6 +102,7 @@ def test_members_follow_the_pack_and_leave_it_alone(
 
     assert stage_world.job(plain).state is S.TRAINING
     assert stage_world.job(plain).latest_checkpoint == "step-0000000004"
+    assert stage_world.job(pack_id).latest_checkpoint == "step-0000000004"
     assert stage_world.job(failing).state is S.FAILED
     assert "TrainingDiverged" in (stage_world.job(failing).reason or "")
     done = stage_world.job(finished)
