@@ -17,16 +17,19 @@ import pytest
 from jobs.job_cost import job_cost_usd
 from jobs.pack_training import FAULTS_FILE
 from queue_app.statemachine import JobState
-from tests.e2e.harness import ControlPlane, pulled_checkpoint_while_training, start_plane
+from tests.e2e.harness import (
+    LONG_RUN,
+    ControlPlane,
+    pulled_checkpoint_while_training,
+    start_plane,
+)
 from tests.e2e.held_stages import arm, reached, release
 from tests.support.sweeps import write_sweep
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.sshd]
 
-# 256 steps in 3-second segments (a pack checkpoints and pulls every member after each).
-RUN = {"train.total_tokens": 131_072, "segment_minutes": 0.05}
-NEVER = RUN["train.total_tokens"]
+NEVER = LONG_RUN["train.total_tokens"]
 # Member 3 stops early (a plateau: no evaluation improves tenfold) once past 4,096 tokens;
 # the others may not stop before the end.
 EARLY_STOP = {
@@ -80,7 +83,7 @@ def test_pack_of_four_with_a_failure_an_early_stop_a_preemption_and_a_cancel(
 ) -> None:
     start_plane(plane, app="tests.e2e.held_stages")
     grid = {"early_stop.min_tokens": [NEVER, NEVER, NEVER, 4096]}
-    run = {**RUN, **EARLY_STOP}
+    run = {**LONG_RUN, **EARLY_STOP}
     sweep_file = write_sweep(
         tmp_path, fleet_assets, grid=grid, max_pack_size=4, provider=PRICED, **run
     )
