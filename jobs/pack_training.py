@@ -9,7 +9,8 @@ capped): the next segment trains the rest. Each member's outcome (its checkpoint
 `supervise_training` to settle (jobs.pack_supervise).
 
 Test hook: `$SAEFLEET_WORKDIR/faults.json`, `{"nan_at": {"<member job id>": <step>}}`, read when
-the pack's run is built, makes that member's loss NaN at that step (sae.pack's `nan_at`).
+the pack's run is built, makes that member's loss NaN once it has taken that many steps
+(sae.pack's `nan_at`).
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ own optimiser step on it. A single run is a pack of one (sae.run).
 - Out of memory: every member restores its newest checkpoint and retries with half the
   micro-batch and twice the accumulation (the same effective batch); OutOfMemory once the
   micro-batch cannot be halved. `oom_at_step` injects one torch.OutOfMemoryError (tests).
-- `nan_at` (tests) feeds member i NaN activations at its step n ({i: n}): its loss is NaN and
-  it fails alone, through the same path as a real divergence.
+- `nan_at` (tests) feeds member i NaN activations once it has taken n steps ({i: n}): its
+  loss is NaN (reported at step n + 1) and it fails alone, as on a real divergence.
 """
 
 from __future__ import annotations
