@@ -25,6 +25,7 @@ from jobs.tunnels import tunnel_broker_url
 from jobs.upload_grants import instance_uploads
 from queue_app.celery_app import app, train_queue
 from queue_app.celery_commands import worker_argv
+from queue_app.pack_mirror import following_members
 from queue_app.records import InstanceRecord
 from queue_app.statemachine import JobState
 
@@ -99,6 +100,9 @@ def _upload(
     ssh.put_bytes(_secrets_env(ctx).encode(), layout.secrets_env, mode=0o600)
     script = _start_script(ctx, instance, layout, remote_wheel)
     ssh.put_bytes(script.encode(), layout.start_script, mode=0o700)
+    if ctx.job.members:
+        _push_member_checkpoints(ctx, ssh, layout)
+        return
     resume_from = _hand_over_checkpoint(ctx, ssh, instance, layout)
     if resume_from is not None:
         ctx.update_attempt(resume_from=resume_from)
@@ -122,6 +126,20 @@ def _hand_over_checkpoint(
     if checkpoint is not None:
         _upload_dir(ssh, checkpoint, posixpath.join(layout.checkpoints_dir, checkpoint.name))
     return checkpoint.name if checkpoint else None
+
+
+def _push_member_checkpoints(ctx: StageContext, ssh: SSHSession, layout: RemoteLayout) -> None:
+    """A pack: each member resumes from its own newest checkpoint, pushed over SFTP."""
+    members = following_members(ctx.store, ctx.ref.job_id, ctx.ref.attempt)
+    for job_id in members:
+        checkpoint = newest_stored_checkpoint(ctx.settings, ctx.ref.sweep_id, job_id)
+        if checkpoint is None:
+            continue
+        checkpoints_dir = posixpath.join(layout.run_dir, job_id, "checkpoints")
+        _upload_dir(ssh, checkpoint, posixpath.join(checkpoints_dir, checkpoint.name))
+        ctx.store.update_attempt(job_id, ctx.ref.attempt, resume_from=checkpoint.name)
+        ctx.store.update_job(job_id, ctx.ref.attempt, resume_from=checkpoint.name)
+        log.info("attempt %d of %s resumes from %s", ctx.ref.attempt, job_id, checkpoint.name)
 
 
 def _secrets_env(ctx: StageContext) -> str:

@@ -24,6 +24,7 @@ STAGES = (
     "terminate",
 )
 FINALIZE_SWEEP_TASK = "saefleet.sweep.finalize"
+FOLLOW_PACK_TASK = "saefleet.pack.follow"
 
 # The job states of the success path, in order, and the last of them in which each stage still
 # has work to do (terminate has work in every state). A stage message that finds its attempt's

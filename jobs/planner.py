@@ -200,7 +200,8 @@ def _pack_estimates(
         check_one_pack(jobs, spec.max_pack_size)
     by_name = {t.name: t for t in types}
     picked = {e.index: by_name.get(e.instance_type or "") for e in estimates}
-    capacity = {index: t.gpu_memory_gb if t else None for index, t in picked.items()}
+    # A type without GPU memory (the local CPU) holds a pack in host memory: no memory cut.
+    capacity = {index: (t.gpu_memory_gb or None) if t else None for index, t in picked.items()}
     shapes = {model: model_shape(model) for model in {j.config.model for j in jobs}}
     packs = group_jobs(jobs, spec.max_pack_size, shapes, capacity)
     by_index = {j.index: j for j in jobs}

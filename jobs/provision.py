@@ -21,6 +21,7 @@ from jobs.providers import (
 )
 from jobs.stage_base import RESUMABLE, StageContext, backoff, stage
 from queue_app.admission import PAUSE_REQUEST, drain_state
+from queue_app.pack_mirror import following_members
 from queue_app.records import InstanceRecord
 from queue_app.statemachine import InstanceState, JobState
 
@@ -111,6 +112,10 @@ def _describe(candidate: Candidate) -> str:
 
 
 def _register(ctx: StageContext, instance: Instance) -> None:
+    """Record the instance (a pack's: with the members training on it, who share its cost)."""
+    members = (
+        following_members(ctx.store, ctx.ref.job_id, ctx.ref.attempt) if ctx.job.members else []
+    )
     ctx.store.register_instance(
         InstanceRecord(
             instance_id=instance.id,
@@ -125,9 +130,13 @@ def _register(ctx: StageContext, instance: Instance) -> None:
             instance_type=instance.instance_type,
             region=instance.region,
             capacity=instance.capacity,
+            members=members,
         )
     )
-    ctx.update_attempt(instance_id=instance.id, capacity=instance.capacity)
+    for job_id in [*members, ctx.ref.job_id]:
+        ctx.store.update_attempt(
+            job_id, ctx.ref.attempt, instance_id=instance.id, capacity=instance.capacity
+        )
 
 
 @stage("await_ready")

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from jobs.job_cost import costs_by_job, job_instances
+from jobs.job_cost import costs_by_job, hours_by_job, job_instances
 from queue_app.statemachine import JobState
 from queue_app.store import Store
 
@@ -120,7 +120,7 @@ def job_result(store: Store, job_id: str) -> JobResult:
         attempts=job.attempt,
         preemptions=job.preemptions,
         cost_usd=round(costs_by_job(instances).get(job_id, 0.0), 6),
-        instance_hours=round(sum(i.running_hours() for i in instances), 6),
+        instance_hours=round(hours_by_job(instances).get(job_id, 0.0), 6),
         overrides=job.job_spec.overrides,
         metrics=job.metrics,
         latest_checkpoint=job.latest_checkpoint,

@@ -1,14 +1,14 @@
 """Submitting a sweep: the checks before anything is written (cost estimate against the budget,
-preflight of credentials and data), then the records for the sweep and every job in one Redis
-transaction, then the sweep chord. A sweep whose canvas cannot be sent is rolled back: nothing
-is left half-done."""
+preflight of credentials and data), then the records for the sweep, every job and every pack
+job in one Redis transaction, then each pack's chain and the sweep chord. A sweep whose canvas
+cannot be sent is rolled back: nothing is left half-done."""
 
 from __future__ import annotations
 
 import secrets
 import time
 
-from jobs.canvas import sweep_chord
+from jobs.canvas import pack_chain, sweep_chord
 from jobs.errors import JobsError
 from jobs.instances import provider_for
 from jobs.objectstore import StoreError, open_store
@@ -18,6 +18,7 @@ from jobs.providers import PermanentProviderError, Provider
 from jobs.spec import SweepSpec
 from queue_app.admission import check_admits_work
 from queue_app.jobspec import JobSpec
+from queue_app.pack_mirror import pack_id_for
 from queue_app.records import JobRecord, SweepRecord
 from queue_app.settings import Settings
 from queue_app.statemachine import JobState
@@ -88,13 +89,52 @@ def job_records(sweep_id: str, jobs: list[JobSpec], now: float) -> list[JobRecor
     ]
 
 
-def submit_sweep(spec: SweepSpec, jobs: list[JobSpec], store: Store) -> SweepRecord:
-    """Write the records and send the chord; returns the sweep record (QueueDrained while the
-    queue is drained: nothing is written)."""
+def pack_records(
+    sweep_id: str, packs: list[list[int]], records: list[JobRecord]
+) -> list[JobRecord]:
+    """A pack job for each planned pack of two or more jobs (`packs`: grid indices); its
+    members' records get its id. It runs on its first member's spec (the instance fields are
+    the same for every member, jobs.packs)."""
+    by_index = {r.index: r for r in records}
+    out = []
+    for number, indices in enumerate(p for p in packs if len(p) > 1):
+        members = [by_index[i] for i in indices]
+        pack_id = pack_id_for(sweep_id, number)
+        for member in members:
+            member.pack_id = pack_id
+        first = members[0]
+        out.append(
+            first.model_copy(
+                update={
+                    "job_id": pack_id,
+                    "name": "pack of " + "; ".join(m.name or m.job_id for m in members),
+                    "members": [m.job_id for m in members],
+                    "pack_id": None,
+                }
+            )
+        )
+    return out
+
+
+def planned_packs(spec: SweepSpec, plan: SweepPlan | None) -> list[list[int]]:
+    """The grid indices of each pack the fleet runs (none with `max_pack_size` 1)."""
+    if spec.max_pack_size == 1:
+        return []
+    plan = plan if plan is not None else plan_sweep(spec, None)
+    return [pack.jobs for pack in plan.packs]
+
+
+def submit_sweep(
+    spec: SweepSpec, jobs: list[JobSpec], store: Store, plan: SweepPlan | None = None
+) -> SweepRecord:
+    """Write the records and send the chord (and each pack's chain); returns the sweep record
+    (QueueDrained while the queue is drained: nothing is written). The packs are `plan`'s
+    (planned here when not given)."""
     check_admits_work(store.r)
     now = time.time()
     sweep_id = new_sweep_id()
     records = job_records(sweep_id, jobs, now)
+    packs = pack_records(sweep_id, planned_packs(spec, plan), records)
     sweep = SweepRecord(
         sweep_id=sweep_id,
         name=spec.name,
@@ -102,10 +142,14 @@ def submit_sweep(spec: SweepSpec, jobs: list[JobSpec], store: Store) -> SweepRec
         spec=spec.model_dump(mode="json"),
         job_ids=[r.job_id for r in records],
         budget_usd=spec.budget_usd,
+        pack_ids=[p.job_id for p in packs],
     )
-    store.create_sweep(sweep, records)
+    store.create_sweep(sweep, records, packs)
+    followers = {r.job_id for r in records if r.pack_id}
     try:
-        result = sweep_chord(sweep_id, sweep.job_ids).apply_async()
+        for pack in packs:
+            pack_chain(pack.job_id, sweep_id).apply_async()
+        result = sweep_chord(sweep_id, sweep.job_ids, followers).apply_async()
     except BaseException:
         store.delete_sweep(sweep_id)
         raise

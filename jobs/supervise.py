@@ -9,7 +9,8 @@ Because it runs on the control plane, the sweep chord's slot never depends on a 
 be lost with its instance; on preemption it resumes by replacement (see jobs.stage_base).
 After an interruption notice (PREEMPTING, see jobs.notice_watch) it waits for the segment the
 notice stopped, pulls its checkpoint and starts the next attempt at once, while the noticed
-instance still runs.
+instance still runs. A pack job (jobs.pack_stages) pulls every member's checkpoint and settles
+the members that finished, failed or were stopped after each segment.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from jobs.checkpoint_pull import (
     serve_checkpoint_uploads,
 )
 from jobs.errors import StageFailed
+from jobs.pack_stages import pull_pack_checkpoints, settle_members
 from jobs.stage_base import StageContext, preempt, stage
 from jobs.upload_grants import instance_uploads
 from queue_app.admission import drain_state
@@ -50,7 +52,8 @@ def supervise_training(ctx: StageContext) -> dict[str, Any] | None:
             raise
         return _resume_on_notice(ctx)
     instance = ctx.require_instance()
-    background = instance_uploads(instance, ctx.settings)
+    # A pack's members' checkpoints are pulled over SFTP: packs do not upload in the background.
+    background = instance_uploads(instance, ctx.settings) and not ctx.job.members
     if background:  # the instance uploads each checkpoint while the next segment trains
         serve_checkpoint_uploads(ctx.store, ctx.settings, ctx.job, ctx.ref.attempt)
     record = ctx.attempt()
@@ -67,7 +70,10 @@ def supervise_training(ctx: StageContext) -> dict[str, Any] | None:
         last = record.segment_done or stop in STOP_STATES
         if record.pulled_segment < record.segment and (last or not background):
             _pull_checkpoint(ctx, instance, record)
-        if record.segment_done:
+        if ctx.job.members:
+            if settle_members(ctx, instance, record):
+                return None  # every member of the pack has left it: on to collect
+        elif record.segment_done:
             return None  # on to collect
         if stop in STOP_STATES:
             _stop(ctx, stop)
@@ -120,9 +126,13 @@ def _send_segment(ctx: StageContext, instance: InstanceRecord, segment: int) -> 
 
 
 def _pull_checkpoint(ctx: StageContext, instance: InstanceRecord, record: AttemptRecord) -> None:
-    """Get the segment's checkpoint kept in the store (uploaded or pulled), or poll again."""
+    """Get the segment's checkpoint (a pack's: every member's) kept in the store (uploaded or
+    pulled), or poll again."""
     try:
-        pulled = pull_segment_checkpoint(ctx.store, ctx.settings, ctx.job, instance, record)
+        if ctx.job.members:
+            pulled = pull_pack_checkpoints(ctx, instance, record)
+        else:
+            pulled = pull_segment_checkpoint(ctx.store, ctx.settings, ctx.job, instance, record)
     except CheckpointNotKept as exc:
         raise StageFailed(str(exc)) from None
     if not pulled:

@@ -46,13 +46,16 @@ def tiny_sweep(
     name: str = "tiny",
     provider: dict[str, Any] | None = None,
     grid: dict[str, list[Any]] | None = None,
+    max_pack_size: int = 1,
     **job_overrides: Any,
 ) -> dict[str, Any]:
     """A sweep file's content: the tiny job (with `job_overrides`) on the local provider unless
-    `provider` says otherwise, over `grid`."""
+    `provider` says otherwise, over `grid`, one job per instance unless `max_pack_size` packs
+    them (the demo, benchmarks and scenarios measure one job per instance)."""
     return {
         "name": name,
         "provider": provider or {"name": "local"},
+        "max_pack_size": max_pack_size,
         "job": tiny_job(model, dataset, **job_overrides),
         "grid": grid or {},
     }

@@ -6,7 +6,7 @@ and records the outcome in the attempt record for `supervise_training`. A resume
 segment downloads its checkpoint from the store (jobs.checkpoint_restore). The LM and data
 stream stay cached in this worker process between segments. It is acknowledged on receipt: a
 segment lost with its instance is recovered by the watchdog (fencing + resume), never by
-redelivery.
+redelivery. A pack job's segment trains all its members at once (jobs.pack_training).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from celery import Task
 from jobs.checkpoint_restore import restore_checkpoint
 from jobs.checkpoint_upload import upload_in_background, uploads_from_here
 from jobs.notice_watch import stop_for_notice, watch_notices
+from jobs.pack_training import train_pack_segment
 from jobs.remote import RemoteLayout
 from jobs.tracking import RunTracker
 from jobs.upload_board import UploadBoard
@@ -128,6 +129,19 @@ def train_segment(task: Task, job_id: str, attempt: int, segment: int, instance_
                 tracker.log_progress(progress)
 
         try:
+            if store.job(job_id).members:
+                outcome = train_pack_segment(
+                    store,
+                    job_id,
+                    attempt,
+                    workdir,
+                    config.segment_minutes * 60,
+                    control.should_stop,
+                    control.on_progress,
+                )
+                _finish(store, job_id, attempt, segment, SegmentStatus.DONE, **outcome)
+                log.info("pack segment %d done: %s", segment, outcome["member_outcomes"])
+                return
             run = _training_run(job_id, attempt, workdir)
             result = run.train(
                 max_seconds=config.segment_minutes * 60,
@@ -177,8 +191,8 @@ def _tracker(
     config: JobConfig, store: Store, job_id: str, attempt: int, workdir: Path
 ) -> RunTracker | None:
     """The job's W&B run for this segment, when the job is tracked."""
-    if config.tracking is None:
-        return None
+    if config.tracking is None or store.job(job_id).members:
+        return None  # a pack's members are not tracked yet
     return RunTracker.open(config.tracking, config, store.job(job_id), attempt, workdir)
 
 

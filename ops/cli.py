@@ -34,6 +34,7 @@ from ops.views import (
     attempts_table,
     job_json,
     jobs_table,
+    pack_line,
     sweep_json,
 )
 from queue_app.admission import QueueDrained
@@ -95,7 +96,7 @@ def sweep_submit(
                 err.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
         if plan.estimated_cost_usd is not None:
             console.print(f"estimated cost: ${plan.estimated_cost_usd:.2f}")
-    sweep = submit_sweep(spec, jobs, store())
+    sweep = submit_sweep(spec, jobs, store(), plan)
     if json_out and not wait:
         emit_json({"sweep_id": sweep.sweep_id, "jobs": sweep.job_ids})
         return
@@ -127,13 +128,17 @@ def sweep_wait(sweep_id: str, json_out: JsonFlag = False) -> None:
 
 @sweep_app.command("cancel")
 def sweep_cancel(sweep_id: str) -> None:
-    """Cancel every unfinished job of a sweep (their instances are terminated)."""
+    """Cancel every unfinished job of a sweep, and its packs (their instances are terminated)."""
     from ops.stopping import cancel_job
 
     s = store()
-    s.sweep(sweep_id)  # an unknown sweep is bad input, not "0 cancelled"
+    sweep = s.sweep(sweep_id)  # an unknown sweep is bad input, not "0 cancelled"
     reason = "cancelled by user"
-    cancelled = [j.job_id for j in s.sweep_jobs(sweep_id) if cancel_job(s, j.job_id, reason)]
+    unfinished = {j.job_id for j in s.sweep_jobs(sweep_id) if not j.terminal}
+    for job_id in [*sweep.pack_ids, *unfinished]:  # a pack job's members go with it
+        cancel_job(s, job_id, reason)
+    now = s.sweep_jobs(sweep_id)
+    cancelled = [j.job_id for j in now if j.job_id in unfinished and j.state is JobState.CANCELLED]
     if not cancelled:
         fail(f"sweep {sweep_id} has no unfinished job to cancel", code=2)
     console.print(f"cancelled {len(cancelled)} job(s)")
@@ -198,6 +203,8 @@ def job_show(job_id: str, json_out: JsonFlag = False) -> None:
     console.print(jobs_table(s, [job], title=f"job {job_id}"))
     if job.reason:
         console.print(f"reason: {escape(job.reason)}")
+    if job.pack_id or job.members:
+        console.print(pack_line(s, job))
     console.print(attempts_table(s, job))
     if job.metrics:
         console.print("metrics: " + ", ".join(f"{k}={_num(v)}" for k, v in job.metrics.items()))

@@ -136,6 +136,7 @@ def job_json(store: Store, job: JobRecord, detail: bool = False) -> dict[str, An
         "state": str(job.state),
         "attempt": job.attempt,
         "instance_id": job.instance_id,
+        "pack_id": job.pack_id,
         "reason": job.reason,
         "progress": job.progress,
         "metrics": job.metrics,
@@ -144,10 +145,18 @@ def job_json(store: Store, job: JobRecord, detail: bool = False) -> dict[str, An
         "artifacts_dir": job.artifacts_dir,
     }
     if detail:
+        out["members"] = job.members
         out["config"] = job.job_spec.config.model_dump(mode="json", exclude_unset=True)
         out["attempts"] = [a.model_dump(mode="json") for a in store.attempts(job.job_id)]
         out["events"] = store.events(job.job_id)
     return out
+
+
+def pack_line(store: Store, job: JobRecord) -> str:
+    """The pack a job trains in (or a pack job's members), one line."""
+    pack = store.job(job.pack_id) if job.pack_id else job
+    members = ", ".join(f"{m.job_id} ({m.state})" for m in store.jobs(pack.members))
+    return f"pack: {pack.job_id} ({pack.state}, attempt {pack.attempt}); members: {members}"
 
 
 def attempts_table(store: Store, job: JobRecord) -> Table:

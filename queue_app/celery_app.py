@@ -33,6 +33,7 @@ TRAIN_SEGMENT_TASK = "saefleet.train_segment"
 ROUTES: dict[str, str] = {
     "saefleet.stage.": CONTROL_QUEUE,
     "saefleet.sweep.": CONTROL_QUEUE,
+    "saefleet.pack.": CONTROL_QUEUE,
     "saefleet.watchdog.": WATCHDOG_QUEUE,
     "saefleet.noop.": CONTROL_QUEUE,
     "saefleet.notify.": CONTROL_QUEUE,

@@ -79,6 +79,8 @@ class SweepRecord(Record):
     """How many times the finalizer ran (more than once: a redelivery)."""
     summary_path: str | None = None
     """Where the finalizer wrote summary.json."""
+    pack_ids: list[str] = []
+    """Its packs of two or more jobs (pack jobs, not in `job_ids`; see `JobRecord.members`)."""
 
 
 class JobRecord(Record):
@@ -120,6 +122,10 @@ class JobRecord(Record):
     """Where its collected artifacts are."""
     stop_requested: str | None = None
     """Why the run was asked to stop early (cost cap, cancel), if it was."""
+    pack_id: str | None = None
+    """The pack job that trains this job with others on one instance (None: its own chain)."""
+    members: list[str] = []
+    """A pack job's members, in grid order (empty for every other job)."""
 
     @property
     def terminal(self) -> bool:
@@ -181,6 +187,8 @@ class AttemptRecord(Record):
     pulled_segment: int = 0
     """The last segment whose checkpoint is kept in the store (uploaded by the instance and
     verified, or pulled over SFTP)."""
+    member_outcomes: dict[str, dict[str, Any]] = {}
+    """A pack's segment: each member's outcome (`checkpoint`, `done`, `error`), by job id."""
     terminate_started_at: float | None = None
     """When the terminate stage first ran for it (its confirm timeout counts from here)."""
 
@@ -226,6 +234,10 @@ class InstanceRecord(Record):
     """When we first asked the provider to terminate it."""
     terminated_at: float | None = None
     """When it was confirmed gone: the cost clock stops here."""
+    members: list[str] = []
+    """A pack's instance: the members training on it at launch, who share its cost."""
+    member_left_at: dict[str, float] = {}
+    """A pack's instance: when each member that left the pack early stopped training on it."""
 
     def running_hours(self, now: float | None = None) -> float:
         """From our own launch timestamp to our terminate timestamp (or now)."""

@@ -8,7 +8,8 @@ Key layout (prefix `sf:`):
     sf:sweep:{sweep}             hash   SweepRecord
     sf:sweep:{sweep}:jobs        list   job ids in grid order
     sf:jobs                      zset   job ids by creation time
-    sf:job:{job}                 hash   JobRecord (state, attempt, ...)
+    sf:job:{job}                 hash   JobRecord (state, attempt, ...); a pack job's moves are
+                                        repeated on its members (queue_app.pack_mirror)
     sf:job:{job}:attempt:{a}     hash   AttemptRecord (per-attempt status: instance, segments)
     sf:job:{job}:events          list   JSON transition history
     sf:instances                 zset   instance ids by launch time
@@ -29,6 +30,7 @@ import redis
 
 from queue_app.errors import NotFoundError, StaleAttempt
 from queue_app.leases import lease
+from queue_app.pack_mirror import is_pack_id, mirror_begin_attempt, mirror_transition
 from queue_app.records import AttemptRecord, InstanceRecord, JobRecord, Record, SweepRecord
 from queue_app.statemachine import (
     FencedCAS,
@@ -88,15 +90,19 @@ class Store:
 
     # ---- creation ----------------------------------------------------------------------------
 
-    def create_sweep(self, sweep: SweepRecord, jobs: Iterable[JobRecord]) -> None:
-        """Write a sweep and all its jobs in one transaction (all or nothing)."""
+    def create_sweep(
+        self, sweep: SweepRecord, jobs: Iterable[JobRecord], packs: Iterable[JobRecord] = ()
+    ) -> None:
+        """Write a sweep, all its jobs and its pack jobs in one transaction (all or nothing)."""
+        pack_ids = {pack.job_id for pack in packs}
         with self.r.pipeline(transaction=True) as pipe:
             pipe.hset(sweep_key(sweep.sweep_id), mapping=sweep.to_hash())
             pipe.zadd(SWEEPS, {sweep.sweep_id: sweep.created_at})
-            for job in jobs:
+            for job in [*jobs, *packs]:
                 pipe.hset(job_key(job.job_id), mapping=job.to_hash())
                 pipe.zadd(JOBS, {job.job_id: job.created_at})
-                pipe.rpush(sweep_jobs_key(sweep.sweep_id), job.job_id)
+                if job.job_id not in pack_ids:
+                    pipe.rpush(sweep_jobs_key(sweep.sweep_id), job.job_id)
                 event = {"ts": job.created_at, "attempt": job.attempt, "to": str(job.state)}
                 pipe.rpush(events_key(job.job_id), json.dumps(event))
             pipe.execute()
@@ -104,6 +110,7 @@ class Store:
     def delete_sweep(self, sweep_id: str) -> None:
         """Remove a sweep and its jobs (used to roll back a submit whose send failed)."""
         job_ids = self.r.lrange(sweep_jobs_key(sweep_id), 0, -1)
+        job_ids += json.loads(self.r.hget(sweep_key(sweep_id), "pack_ids") or "[]")
         with self.r.pipeline(transaction=True) as pipe:
             for job_id in job_ids:
                 pipe.delete(job_key(job_id), events_key(job_id), attempt_key(job_id, 1))
@@ -185,9 +192,12 @@ class Store:
         IllegalTransition or NotFoundError.
         """
         keys = (job_key(job_id), events_key(job_id))
-        return self._job_cas(
+        previous = self._job_cas(
             keys, job_id, attempt, target, reason=reason, allow_same=allow_same, fields=fields
         )
+        if is_pack_id(job_id):
+            mirror_transition(self, job_id, attempt, target, reason, fields)
+        return previous
 
     def begin_attempt(self, job_id: str, new_attempt: int, **fields: Any) -> None:
         """PREEMPTED or PAUSED (attempt n-1) -> PROVISIONING (attempt n); a repeat is a no-op."""
@@ -201,6 +211,8 @@ class Store:
             fields=fields,
         )
         self._init_attempt(job_id, new_attempt)
+        if is_pack_id(job_id):
+            mirror_begin_attempt(self, job_id, new_attempt, fields)
 
     # ---- fenced writes (only for the live attempt) ----------------------------------------------
 

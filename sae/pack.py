@@ -12,13 +12,15 @@ own optimiser step on it. A single run is a pack of one (sae.run).
 - Out of memory: every member restores its newest checkpoint and retries with half the
   micro-batch and twice the accumulation (the same effective batch); OutOfMemory once the
   micro-batch cannot be halved. `oom_at_step` injects one torch.OutOfMemoryError (tests).
+- `nan_at` (tests) feeds member i NaN activations once it has taken n steps ({i: n}): its
+  loss is NaN (reported at step n + 1) and it fails alone, as on a real divergence.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,7 @@ class PackRun:
         *,
         device: str | None = None,
         oom_at_step: int | None = None,
+        nan_at: Mapping[int, int] | None = None,
     ) -> None:
         self.configs = [run_config_of(config) for config in configs]
         check_packable(self.configs)
@@ -119,6 +122,7 @@ class PackRun:
         )
         self.oom_restarts: list[dict[str, Any]] = []
         self._oom_at_step = oom_at_step
+        self._nan_at = dict(nan_at or {})
         self._restore()
         self._segment_start = (time.monotonic(), [m.trainer.tokens for m in self.members])
 
@@ -210,8 +214,11 @@ class PackRun:
             if not member.active or member.step != self.position:
                 continue
             layer = member.config.layer
+            acts = batch[layer]
+            if self._nan_at.get(index) == member.step:
+                acts = torch.full_like(acts, float("nan"))
             try:
-                member.train_step(batch[layer], self.val_acts[layer])
+                member.train_step(acts, self.val_acts[layer])
             except torch.OutOfMemoryError:
                 raise
             except Exception as exc:

@@ -31,7 +31,7 @@ from queue_app.processes import free_port
 
 NOTICE_S = 30.0
 BOOT_DELAYS_S = (0.0, 30.0)
-RUN = {"train.total_tokens": 196_608, "segment_minutes": 1.0}
+RUN: dict[str, Any] = {"train.total_tokens": 196_608, "segment_minutes": 1.0}
 """384 steps of the tiny run in 1-minute segments (sae/ tiny sweep: 512 tokens a step)."""
 TARGET_AFTER_DEATH_S = 10.0
 TIMEOUT_S = 900.0

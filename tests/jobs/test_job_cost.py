@@ -1,12 +1,13 @@
 """A job's cost: price x running time of every instance launched for it, all attempts together;
-a sweep costs what its jobs cost."""
+a sweep costs what its jobs cost; a pack's instance is shared by its members."""
 
 from __future__ import annotations
 
 import pytest
 
-from jobs.job_cost import costs_by_job, job_cost_usd, sweep_cost_usd
-from queue_app.statemachine import JobState
+from jobs.job_cost import costs_by_job, hours_by_job, job_cost_usd, sweep_cost_usd
+from queue_app.records import InstanceRecord
+from queue_app.statemachine import InstanceState, JobState
 from queue_app.store import Store
 from tests.queue_app.records import add_instance, make_sweep
 
@@ -37,3 +38,29 @@ def test_a_job_read_from_the_store_adds_up_its_attempts(store: Store) -> None:
     assert job_cost_usd(store, job.job_id, now=NOW) == pytest.approx(2.0 + 1.0)
     [other] = make_sweep(store, "swnone", [JobState.QUEUED], now=NOW)
     assert job_cost_usd(store, other.job_id, now=NOW) == 0.0
+
+
+def test_a_packs_instance_is_shared_by_the_members_training_at_each_moment() -> None:
+    pack = InstanceRecord(
+        instance_id="i-pack",
+        provider="local",
+        name="sf-swp-p000-1",
+        job_id="swp-p000",
+        sweep_id="swp",
+        attempt=1,
+        state=InstanceState.TERMINATED,
+        launched_at=NOW,
+        terminated_at=NOW + 4 * 3600,
+        price_per_hour=3.0,
+        members=["a", "b", "c"],
+        member_left_at={"a": NOW + 3600, "b": NOW + 2 * 3600, "c": NOW + 2 * 3600},
+    )
+    # hour 1: three members; hour 2: two; hours 3-4: none trains, the last to leave share them.
+    hours = hours_by_job([pack, pack], now=NOW + 9 * 3600)  # listed twice, counted once
+    assert hours == {
+        "a": pytest.approx(1 / 3),
+        "b": pytest.approx(1 / 3 + 1 / 2 + 1),
+        "c": pytest.approx(1 / 3 + 1 / 2 + 1),
+    }
+    assert sum(costs_by_job([pack]).values()) == pytest.approx(pack.cost_usd())
+    assert costs_by_job([pack])["a"] == pytest.approx(1.0)

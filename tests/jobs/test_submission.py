@@ -1,12 +1,13 @@
 """Submission checks through the CLI: the budget refusal, --force, and a drained-free enqueue
-that writes the sweep and its jobs in one go (no workers needed)."""
+that writes the sweep and its jobs in one go, and a packed sweep's pack jobs beside the chord
+(no workers needed)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from queue_app.statemachine import JobState
-from tests.e2e.harness import ControlPlane
+from tests.e2e.harness import ControlPlane, control_messages
 from tests.support.sweeps import write_sweep
 
 
@@ -54,3 +55,28 @@ def test_an_unusable_store_url_is_refused_before_anything_runs(
     assert result.returncode == 2, result.stderr
     assert "SAEFLEET_STORE_URL" in result.stderr and "unknown scheme 'gs'" in result.stderr
     assert plane.store.r.keys("sf:*") == []
+
+
+def test_a_packed_sweep_sends_each_packs_chain_and_a_follower_per_member(
+    plane: ControlPlane, fleet_assets: dict[str, Path], tmp_path: Path
+) -> None:
+    path = write_sweep(tmp_path, fleet_assets, grid={"sae.k": [4, 8, 16]}, max_pack_size=2)
+    submitted = plane.run("sweep", "submit", str(path), "--json")
+    assert submitted.returncode == 0, submitted.stderr
+
+    [sweep_id] = plane.store.sweep_ids()
+    sweep = plane.store.sweep(sweep_id)
+    assert sweep.pack_ids == [f"{sweep_id}-p000"]
+    pack = plane.store.job(sweep.pack_ids[0])
+    assert pack.members == sweep.job_ids[:2] and pack.state is JobState.QUEUED
+    jobs = plane.store.sweep_jobs(sweep_id)
+    assert [j.pack_id for j in jobs] == [pack.job_id, pack.job_id, None]
+    messages = control_messages(plane.store.r)
+
+    def sent(task: str) -> list[str]:
+        """The jobs that a message of `task` was sent for."""
+        ids = [pack.job_id, *sweep.job_ids]
+        return sorted(i for m in messages if f'"task": "{task}"' in m for i in ids if i in m)
+
+    assert sent("saefleet.stage.provision") == sorted([pack.job_id, sweep.job_ids[2]])
+    assert sent("saefleet.pack.follow") == sweep.job_ids[:2]

@@ -163,6 +163,15 @@ def test_early_stopping_and_failing_members_drop_out_alone(tiny_lm, corpus, stra
     assert_same_weights(dirs[0], straight[0])
 
 
+def test_nan_at_makes_one_members_loss_nan_at_its_step(tiny_lm, corpus, straight, tmp_path):
+    healthy = members(tiny_lm, corpus)[0]
+    dirs = [tmp_path / "ok", tmp_path / "nan"]
+    ok, nan = PackRun([healthy, healthy], dirs, nan_at={1: 3}).train().members
+    assert nan.error is not None and "loss is nan at step 4" in nan.error and nan.step == 4
+    assert ok.done and ok.error is None
+    assert_same_weights(dirs[0], straight[0])
+
+
 def test_heartbeat_and_progress_name_every_member(tiny_lm, corpus, tmp_path):
     progress: list[dict[str, Any]] = []
     configs = members(tiny_lm, corpus)

@@ -1,0 +1,119 @@
+"""The GPU side of a pack job (`JobRecord.members`): one `PackRun` trains every member still in
+the pack from one activation stream, member `m` in `run/<m>/`. Only the GPU-side worker loads
+this module (through jobs.training_task).
+
+A segment ends, as a single job's does, on its time limit, when asked to stop, or when every
+member is done; and also as soon as a member leaves the pack on the control plane (cancelled,
+capped): the next segment trains the rest. Each member's outcome (its checkpoint relative to
+`run/`, done, its own error) goes into the attempt record's `member_outcomes` for
+`supervise_training` to settle (jobs.pack_supervise).
+
+Test hook: `$SAEFLEET_WORKDIR/faults.json`, `{"nan_at": {"<member job id>": <step>}}`, read when
+the pack's run is built, makes that member's loss NaN once it has taken that many steps
+(sae.pack's `nan_at`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from queue_app.pack_mirror import following_members
+from queue_app.store import Store
+
+if TYPE_CHECKING:
+    from sae.pack import PackResult, PackRun
+
+FAULTS_FILE = "faults.json"
+MEMBER_CHECK_INTERVAL_S = 2.0
+_packs: dict[tuple[str, int, tuple[str, ...]], PackRun] = {}
+
+
+def pack_run(store: Store, job_id: str, attempt: int, members: list[str], workdir: Path) -> PackRun:
+    """The pack's run for these members (kept between segments while they stay the same)."""
+    from sae.pack import PackRun
+
+    key = (job_id, attempt, tuple(members))
+    if key not in _packs:
+        _packs.clear()  # one pack per instance: a new member set restores from its checkpoints
+        configs = [record.job_spec.config.run_config() for record in store.jobs(members)]
+        nan_at = _faults(workdir).get("nan_at", {})
+        _packs[key] = PackRun(
+            configs,
+            [workdir / "run" / member for member in members],
+            nan_at={members.index(m): step for m, step in nan_at.items() if m in members},
+        )
+    return _packs[key]
+
+
+def _faults(workdir: Path) -> dict[str, Any]:
+    path = workdir / FAULTS_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+class MemberWatch:
+    """Stops the segment once the pack's following members differ from `members`."""
+
+    def __init__(self, store: Store, job_id: str, attempt: int, members: list[str]) -> None:
+        self.store, self.job_id, self.attempt, self.members = store, job_id, attempt, members
+        self._checked = time.monotonic()
+
+    def changed(self) -> bool:
+        now = time.monotonic()
+        if now - self._checked < MEMBER_CHECK_INTERVAL_S:
+            return False
+        self._checked = now
+        return following_members(self.store, self.job_id, self.attempt) != self.members
+
+
+def train_pack_segment(
+    store: Store,
+    job_id: str,
+    attempt: int,
+    workdir: Path,
+    max_seconds: float,
+    should_stop: Callable[[], bool],
+    on_progress: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """Train one segment of the pack; returns the segment's outcome fields."""
+    members = following_members(store, job_id, attempt)
+    if not members:
+        return {"segment_done": True, "member_outcomes": {}}
+    run = pack_run(store, job_id, attempt, members, workdir)
+    watch = MemberWatch(store, job_id, attempt, members)
+
+    def report(snapshot: dict[str, Any]) -> None:
+        on_progress({k: v for k, v in snapshot.items() if k != "members"})
+        for member, progress in zip(members, snapshot["members"], strict=True):
+            store.update_job(member, attempt, progress={**progress, "updated_at": time.time()})
+
+    result = run.train(
+        max_seconds=max_seconds,
+        should_stop=lambda: should_stop() or watch.changed(),
+        on_progress=report,
+        heartbeat_path=workdir / "run" / "heartbeat.json",
+    )
+    return {
+        "segment_done": not any(m.active for m in run.members),
+        "segment_stopped": result.members[0].stopped,
+        "member_outcomes": _outcomes(members, result, workdir),
+    }
+
+
+def _outcomes(members: list[str], result: PackResult, workdir: Path) -> dict[str, dict[str, Any]]:
+    run_dir = (workdir / "run").resolve()
+    out = {}
+    for member, segment in zip(members, result.members, strict=True):
+        checkpoint = ""
+        if segment.checkpoint:
+            checkpoint = Path(segment.checkpoint).resolve().relative_to(run_dir).as_posix()
+        out[member] = {
+            "checkpoint": checkpoint,
+            "done": segment.done,
+            "step": segment.step,
+            "error": segment.error,
+        }
+    return out
