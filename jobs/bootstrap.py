@@ -14,6 +14,7 @@ from jobs.bundle import ensure_bundle
 from jobs.checkpoints import newest_stored_checkpoint
 from jobs.errors import StageFailed
 from jobs.instances import open_ssh
+from jobs.notice_handoff import await_handoff
 from jobs.notice_watch import CHANNEL_ENV
 from jobs.remote import RemoteLayout, layout_for, reuses_local_venv, worker_hostname, worker_python
 from jobs.ssh import SSHSession
@@ -39,6 +40,8 @@ def bootstrap(ctx: StageContext) -> None:
     instance = ctx.require_instance()
     layout = layout_for(instance)
     record = ctx.attempt()
+    if record.bootstrap_phase is None:
+        await_handoff(ctx)  # the checkpoint to upload may be one still being pulled
     if record.bootstrap_phase != "started":
         broker_url = _worker_broker_url(ctx, instance)
         with open_ssh(instance, ctx.settings) as ssh:

@@ -44,11 +44,29 @@ def pull_segment_checkpoint(
 ) -> bool:
     """Copy the checkpoint of `record`'s finished segment into the store and verify it there;
     record it as the job's latest. False when another process is pulling it right now."""
+    name = store_segment_checkpoint(store, settings, job, instance, record)
+    if name is None:
+        return False
+    store.update_job(job.job_id, record.attempt, latest_checkpoint=name)
+    store.update_attempt(job.job_id, record.attempt, pulled_segment=record.segment)
+    return True
+
+
+def store_segment_checkpoint(
+    store: Store,
+    settings: Settings,
+    job: JobRecord,
+    instance: InstanceRecord,
+    record: AttemptRecord,
+) -> str | None:
+    """Copy the checkpoint of `record`'s finished segment into the store and verify it there,
+    recording nothing (a noticed attempt's hand-off records it its own way); its name, or None
+    when another process is pulling it right now."""
     if not record.segment_checkpoint:
         raise CheckpointNotKept(f"segment {record.segment} finished without a checkpoint")
     with store.lease(f"pull:{job.job_id}", PULL_LEASE_S, renew=True) as held:
         if not held:
-            return False
+            return None
         name = posixpath.basename(record.segment_checkpoint.rstrip("/"))
         if not checkpoint_stored(settings, job.sweep_id, job.job_id, name):
             local = pulled_checkpoint_dir(settings, job.sweep_id, job.job_id, name)
@@ -58,9 +76,7 @@ def pull_segment_checkpoint(
                     ssh.get_dir(remote, local)
             if not store_pulled_checkpoint(settings, job.sweep_id, job.job_id, name):
                 raise CheckpointNotKept(f"checkpoint {name} failed verification after the pull")
-        store.update_job(job.job_id, record.attempt, latest_checkpoint=name)
-        store.update_attempt(job.job_id, record.attempt, pulled_segment=record.segment)
         keep = job.job_spec.config.train.keep_checkpoints
         prune_stored_checkpoints(settings, job.sweep_id, job.job_id, keep)
         log.info("checkpoint %s of segment %d is in the store", name, record.segment)
-        return True
+        return name

@@ -34,6 +34,7 @@ ROUTES: dict[str, str] = {
     "saefleet.stage.": CONTROL_QUEUE,
     "saefleet.sweep.": CONTROL_QUEUE,
     "saefleet.watchdog.": WATCHDOG_QUEUE,
+    "saefleet.notice.": WATCHDOG_QUEUE,  # a noticed checkpoint's pull goes on through a drain
     "saefleet.noop.": CONTROL_QUEUE,
     "saefleet.notify.": CONTROL_QUEUE,
 }

@@ -32,6 +32,7 @@ from queue_app.leases import lease
 from queue_app.records import AttemptRecord, InstanceRecord, JobRecord, Record, SweepRecord
 from queue_app.statemachine import (
     FencedCAS,
+    HandoffStatus,
     InstanceState,
     InstanceStateCAS,
     JobState,
@@ -312,6 +313,19 @@ class Store:
     ) -> bool:
         keys = (job_key(job_id), attempt_key(job_id, attempt))
         return self._fenced_cas.move_segment(keys, job_id, attempt, current, target, fields)
+
+    def move_handoff(
+        self,
+        job_id: str,
+        attempt: int,
+        current: HandoffStatus | None,
+        target: HandoffStatus,
+        **fields: Any,
+    ) -> bool:
+        """Move the attempt's notice hand-off from `current` to `target` (False: it is not at
+        `current`); allowed while the attempt is live or its hand-off open."""
+        keys = (job_key(job_id), attempt_key(job_id, attempt))
+        return self._fenced_cas.move_handoff(keys, job_id, attempt, current, target, fields)
 
     def start_first_attempt(self, job_id: str) -> None:
         """Create attempt 1's record (idempotent)."""
