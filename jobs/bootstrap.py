@@ -31,6 +31,7 @@ WANDB_KEY_VARIABLE = "WANDB_API_KEY"
 """Where wandb on the instance reads its key."""
 
 TUNNEL_TIMEOUT_S = 120.0
+WORKER_POLL_S = 2.0  # the longest wait between pings of a starting worker (each waits 1 s)
 LOG_TAIL_LINES = 30
 
 
@@ -58,7 +59,7 @@ def bootstrap(ctx: StageContext) -> None:
         return
     waited = time.time() - (record.worker_started_at or time.time())
     _check_worker(ctx, instance, layout, waited)
-    ctx.poll(countdown=2.0)
+    ctx.poll(countdown=min(ctx.settings.poll_interval_s, WORKER_POLL_S))
 
 
 def _worker_broker_url(ctx: StageContext, instance: InstanceRecord) -> str:

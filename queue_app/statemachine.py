@@ -45,8 +45,9 @@ class JobState(StrEnum):
     """Artifacts are home; terminating the job's instances and confirming they are gone."""
     PREEMPTING = "PREEMPTING"
     """The instance got an interruption notice while training: the trainer finishes its step
-    and checkpoints, the checkpoint is pulled at once, then the next attempt starts (PREEMPTED)
-    without waiting for the instance to die (see jobs.notice_watch)."""
+    and checkpoints while the next attempt starts at once (PREEMPTED), without waiting for the
+    checkpoint or the instance's death; the checkpoint is handed off to it (HandoffStatus,
+    jobs.notice_handoff)."""
     PREEMPTED = "PREEMPTED"
     """The instance was lost without our asking; the next attempt resumes from a checkpoint."""
     PAUSED = "PAUSED"
@@ -78,7 +79,7 @@ JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     S.VERIFYING: frozenset({S.BOOTSTRAPPING, S.PREEMPTED, S.PAUSED, *_EXITS}),
     S.BOOTSTRAPPING: frozenset({S.TRAINING, S.PREEMPTED, S.PAUSED, *_EXITS}),
     S.TRAINING: frozenset({S.COLLECTING, S.PREEMPTING, S.PREEMPTED, S.PAUSED, *_EXITS}),
-    # Noticed: ends PREEMPTED once the notice's checkpoint is home (or the instance is lost).
+    # Noticed: PREEMPTED as soon as supervise_training sees it (the checkpoint is handed off).
     S.PREEMPTING: frozenset({S.PREEMPTED, *_EXITS}),
     # A lost instance while collecting is a preemption: the next attempt resumes from the final
     # checkpoint, finishes at once and is collected.
