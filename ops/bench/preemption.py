@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ops import controlplane
+from queue_app.errors import NotFoundError
 from queue_app.processes import free_port
 
 NOTICE_S = 30.0
@@ -172,7 +173,10 @@ def _wait_attempt_2_progress(store: Any, job_ids: list[str]) -> dict[str, float]
             job = store.job(job_id)
             if job.attempt != 2:
                 continue
-            started = store.attempt(job_id, 2).segment_started_at
+            try:
+                started = store.attempt(job_id, 2).segment_started_at
+            except NotFoundError:  # begun a moment ago: its record comes right after
+                continue
             at = float(job.progress.get("updated_at", 0))
             if started is not None and at > started:
                 first[job_id] = at
