@@ -17,6 +17,7 @@ from jobs.checkpoint_upload import UPLOAD_ENV
 from jobs.checkpoints import newest_stored_checkpoint
 from jobs.errors import StageFailed
 from jobs.instances import open_ssh
+from jobs.notice_handoff import await_handoff
 from jobs.notice_watch import CHANNEL_ENV
 from jobs.remote import RemoteLayout, layout_for, reuses_local_venv, worker_hostname, worker_python
 from jobs.ssh import SSHSession
@@ -35,6 +36,7 @@ WANDB_KEY_VARIABLE = "WANDB_API_KEY"
 """Where wandb on the instance reads its key."""
 
 TUNNEL_TIMEOUT_S = 120.0
+WORKER_POLL_S = 2.0  # the longest wait between pings of a starting worker (each waits 1 s)
 LOG_TAIL_LINES = 30
 
 
@@ -44,6 +46,8 @@ def bootstrap(ctx: StageContext) -> None:
     instance = ctx.require_instance()
     layout = layout_for(instance)
     record = ctx.attempt()
+    if record.bootstrap_phase is None:
+        await_handoff(ctx)  # the checkpoint to upload may be one still being pulled
     if record.bootstrap_phase != "started":
         broker_url = _worker_broker_url(ctx, instance)
         with open_ssh(instance, ctx.settings) as ssh:
@@ -60,7 +64,7 @@ def bootstrap(ctx: StageContext) -> None:
         return
     waited = time.time() - (record.worker_started_at or time.time())
     _check_worker(ctx, instance, layout, waited)
-    ctx.poll(countdown=2.0)
+    ctx.poll(countdown=min(ctx.settings.poll_interval_s, WORKER_POLL_S))
 
 
 def _worker_broker_url(ctx: StageContext, instance: InstanceRecord) -> str:

@@ -54,13 +54,35 @@ def pull_segment_checkpoint(
     """Bring the checkpoint of `record`'s finished segment into the store and verify it there;
     record it as the job's latest. False while it is not kept yet: its upload is still going on,
     or another process holds the job's lease right now."""
+    if instance_uploads(instance, settings) and not job.pack_id:
+        if not record.segment_checkpoint:
+            raise CheckpointNotKept(f"segment {record.segment} finished without a checkpoint")
+        with store.lease(_lease_name(job.job_id), PULL_LEASE_S, renew=True) as held:
+            return held and _uploaded(store, settings, job, record)
+    name = store_segment_checkpoint(store, settings, job, instance, record)
+    if name is None:
+        return False
+    store.update_job(job.job_id, record.attempt, latest_checkpoint=name)
+    store.update_attempt(job.job_id, record.attempt, pulled_segment=record.segment)
+    return True
+
+
+def store_segment_checkpoint(
+    store: Store,
+    settings: Settings,
+    job: JobRecord,
+    instance: InstanceRecord,
+    record: AttemptRecord,
+) -> str | None:
+    """Pull the checkpoint of `record`'s finished segment over SFTP into the store and verify it
+    there, recording nothing (a noticed attempt's hand-off records it its own way, and pulls
+    even from an instance that uploads: its background upload may not end before the instance
+    does); its name, or None when another process is pulling it right now."""
     if not record.segment_checkpoint:
         raise CheckpointNotKept(f"segment {record.segment} finished without a checkpoint")
     with store.lease(_lease_name(job.job_id), PULL_LEASE_S, renew=True) as held:
         if not held:
-            return False
-        if instance_uploads(instance, settings) and not job.pack_id:
-            return _uploaded(store, settings, job, record)
+            return None
         name = posixpath.basename(record.segment_checkpoint.rstrip("/"))
         if not checkpoint_stored(settings, job.sweep_id, job.job_id, name):
             local = pulled_checkpoint_dir(settings, job.sweep_id, job.job_id, name)
@@ -70,12 +92,10 @@ def pull_segment_checkpoint(
                     ssh.get_dir(remote, local)
             if not store_pulled_checkpoint(settings, job.sweep_id, job.job_id, name):
                 raise CheckpointNotKept(f"checkpoint {name} failed verification after the pull")
-        store.update_job(job.job_id, record.attempt, latest_checkpoint=name)
-        store.update_attempt(job.job_id, record.attempt, pulled_segment=record.segment)
         keep = job.job_spec.config.train.keep_checkpoints
         prune_stored_checkpoints(settings, job.sweep_id, job.job_id, keep)
         log.info("checkpoint %s of segment %d is in the store", name, record.segment)
-        return True
+        return name
 
 
 def serve_checkpoint_uploads(

@@ -5,8 +5,9 @@ Bootstrap hands the worker its provider's `NoticeChannel` (`SAEFLEET_NOTICE_CHAN
 none for providers that give no notice). The first training segment starts a `NoticeWatch` on
 it: a daemon thread that reads the channel every `poll_s` and acts once on each new notice:
 
-- an interruption moves the job TRAINING -> PREEMPTING (jobs.supervise pulls the checkpoint the
-  segment writes on stopping and starts the next attempt at once), and stops the segment;
+- an interruption moves the job TRAINING -> PREEMPTING (jobs.supervise starts the next attempt
+  at once and jobs.notice_handoff hands it the checkpoint the segment writes on stopping), and
+  stops the segment;
 - a rebalance recommendation only stops the segment: its checkpoint is pulled as every
   segment's is and the next segment goes on on the same instance (one extra checkpoint).
 

@@ -44,7 +44,7 @@ from queue_app.logs import log_context
 from queue_app.notify import Event, notify
 from queue_app.records import AttemptRecord, InstanceRecord, JobRecord
 from queue_app.settings import Settings, get_settings
-from queue_app.statemachine import JobState
+from queue_app.statemachine import HandoffStatus, JobState
 from queue_app.store import Store
 
 log = logging.getLogger(__name__)
@@ -335,10 +335,12 @@ def end_attempt(ctx: StageContext, reason: str) -> None:
 
 def release_instance(ctx: StageContext) -> None:
     """Best effort: ask the provider to terminate this attempt's instance now (the terminate
-    stage confirms it later; the watchdog's orphan check backs both up)."""
-    instance = ctx.instance()
-    if instance is None:
+    stage confirms it later; the watchdog's orphan check backs both up). An instance whose
+    notice hand-off is open is left to it (jobs.notice_handoff terminates it after the pull)."""
+    record = ctx.attempt()
+    if record.instance_id is None or record.handoff is HandoffStatus.OPEN:
         return
+    instance = ctx.store.instance(record.instance_id)
     try:
         _request_termination(ctx.store, ctx.provider, instance)
     except Exception as exc:

@@ -7,10 +7,10 @@ the last checkpoint (the run done or stopped) is waited for. Otherwise each segm
 is pulled off the instance over SFTP before the next segment starts.
 Because it runs on the control plane, the sweep chord's slot never depends on a task that could
 be lost with its instance; on preemption it resumes by replacement (see jobs.stage_base).
-After an interruption notice (PREEMPTING, see jobs.notice_watch) it waits for the segment the
-notice stopped, pulls its checkpoint and starts the next attempt at once, while the noticed
-instance still runs. A pack job (jobs.pack_stages) pulls every member's checkpoint and settles
-the members that finished, failed or were stopped after each segment.
+After an interruption notice (PREEMPTING, see jobs.notice_watch) it starts the next attempt at
+once and hands the noticed segment's checkpoint off to it (jobs.notice_handoff), while the
+noticed instance still runs. A pack job (jobs.pack_stages) pulls every member's checkpoint and
+settles the members that finished, failed or were stopped after each segment.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from jobs.checkpoint_pull import (
     serve_checkpoint_uploads,
 )
 from jobs.errors import StageFailed
+from jobs.notice_handoff import hand_off_on_notice
 from jobs.pack_stages import pull_pack_checkpoints, settle_members
-from jobs.stage_base import StageContext, preempt, stage
+from jobs.stage_base import StageContext, stage
 from jobs.upload_grants import instance_uploads
 from queue_app.admission import drain_state
 from queue_app.celery_app import TRAIN_SEGMENT_TASK, app, segment_task_id
@@ -50,7 +51,7 @@ def supervise_training(ctx: StageContext) -> dict[str, Any] | None:
     except IllegalTransition:
         if ctx.store.job(ctx.ref.job_id).state is not JobState.PREEMPTING:
             raise
-        return _resume_on_notice(ctx)
+        return hand_off_on_notice(ctx)
     instance = ctx.require_instance()
     # A pack's members' checkpoints are pulled over SFTP: packs do not upload in the background.
     background = instance_uploads(instance, ctx.settings) and not ctx.job.members
@@ -80,21 +81,6 @@ def supervise_training(ctx: StageContext) -> dict[str, Any] | None:
             return None
         _send_unless_held(ctx, instance, record.segment + 1)
     ctx.poll()
-
-
-def _resume_on_notice(ctx: StageContext) -> dict[str, Any]:
-    """Once the segment the notice stopped has ended, pull its checkpoint and start the next
-    attempt from it now (from the newest one that verifies, if this one does not)."""
-    record = ctx.attempt()
-    if record.segment_status in (SegmentStatus.SENT, SegmentStatus.RUNNING):
-        ctx.poll()
-    if record.segment_status is SegmentStatus.DONE and record.pulled_segment < record.segment:
-        try:
-            _pull_checkpoint(ctx, ctx.require_instance(), record)
-        except StageFailed as exc:
-            log.error("the checkpoint written on notice is not kept: %s", exc)
-    reason = ctx.store.job(ctx.ref.job_id).reason or "interruption notice"
-    return preempt(ctx, reason, at_once=True)
 
 
 def _since(moment: float | None) -> float:

@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from jobs.objectstore import StoreManifest
 from jobs.upload_plans import CompletedPart, UploadPlan
-from queue_app.store import attempt_key
+from queue_app.keys import attempt_key
 
 BOARD_TTL_S = 7 * 24 * 3600
 

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from jobs.job_cost import job_cost_usd
-from queue_app.records import InstanceRecord, JobRecord, SweepRecord
+from queue_app.records import AttemptRecord, InstanceRecord, JobRecord, SweepRecord
 from queue_app.store import Store
 
 STATE_COLOURS = {
@@ -169,6 +169,7 @@ def attempts_table(store: Store, job: JobRecord) -> Table:
         "ended",
         "reason",
         "resumed from",
+        "notice hand-off",
         "cost $",
     ):
         table.add_column(column, overflow="fold")
@@ -182,9 +183,18 @@ def attempts_table(store: Store, job: JobRecord) -> Table:
             time.strftime("%H:%M:%S", time.localtime(a.ended_at)) if a.ended_at else "-",
             a.end_reason or a.waiting_for or "-",
             a.resume_from or "-",
+            _handoff(a),
             f"{cost:.4f}",
         )
     return table
+
+
+def _handoff(attempt: AttemptRecord) -> str:
+    """A noticed attempt's checkpoint hand-off to the next one (jobs.notice_handoff)."""
+    if attempt.handoff is None:
+        return "-"
+    detail = attempt.handoff_checkpoint or attempt.handoff_note
+    return f"{attempt.handoff} ({detail})" if detail else str(attempt.handoff)
 
 
 def instances_table(instances: list[InstanceRecord]) -> Table:

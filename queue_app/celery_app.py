@@ -35,6 +35,7 @@ ROUTES: dict[str, str] = {
     "saefleet.sweep.": CONTROL_QUEUE,
     "saefleet.pack.": CONTROL_QUEUE,
     "saefleet.watchdog.": WATCHDOG_QUEUE,
+    "saefleet.notice.": WATCHDOG_QUEUE,  # a noticed checkpoint's pull goes on through a drain
     "saefleet.noop.": CONTROL_QUEUE,
     "saefleet.notify.": CONTROL_QUEUE,
 }

@@ -19,7 +19,13 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict
 
 from queue_app.jobspec import JobSpec
-from queue_app.statemachine import TERMINAL_STATES, InstanceState, JobState, SegmentStatus
+from queue_app.statemachine import (
+    TERMINAL_STATES,
+    HandoffStatus,
+    InstanceState,
+    JobState,
+    SegmentStatus,
+)
 
 
 class Record(BaseModel):
@@ -189,6 +195,15 @@ class AttemptRecord(Record):
     verified, or pulled over SFTP)."""
     member_outcomes: dict[str, dict[str, Any]] = {}
     """A pack's segment: each member's outcome (`checkpoint`, `done`, `error`), by job id."""
+    handoff: HandoffStatus | None = None
+    """Set when this attempt was noticed: the hand-off of the checkpoint written on notice to
+    the next attempt (moved only by the state machine; jobs.notice_handoff)."""
+    handoff_opened_at: float | None = None
+    """When the hand-off opened (the next attempt waits for it at most a bounded time)."""
+    handoff_checkpoint: str | None = None
+    """The checkpoint handed off (KEPT), by name."""
+    handoff_note: str | None = None
+    """Why nothing was handed off (LOST)."""
     terminate_started_at: float | None = None
     """When the terminate stage first ran for it (its confirm timeout counts from here)."""
 

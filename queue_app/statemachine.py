@@ -4,7 +4,8 @@ transition table of each, and the compare-and-set (a Lua script) that moves each
 Nothing else writes a status. A job moves only through `JobStateCAS`, which checks the job's
 state *and* attempt: a task that carries an attempt which is no longer the job's attempt gets
 `StaleAttempt`, the fence that makes resume safe against late or redelivered tasks. Segment
-moves go through `FencedCAS` (live attempt only), instance moves through `InstanceStateCAS`.
+moves go through `FencedCAS` (live attempt only, with one exception: see HandoffStatus),
+instance moves through `InstanceStateCAS`.
 The Redis key names are the store's (`queue_app.store`); these classes take keys as arguments.
 """
 
@@ -44,8 +45,9 @@ class JobState(StrEnum):
     """Artifacts are home; terminating the job's instances and confirming they are gone."""
     PREEMPTING = "PREEMPTING"
     """The instance got an interruption notice while training: the trainer finishes its step
-    and checkpoints, the checkpoint is pulled at once, then the next attempt starts (PREEMPTED)
-    without waiting for the instance to die (see jobs.notice_watch)."""
+    and checkpoints while the next attempt starts at once (PREEMPTED), without waiting for the
+    checkpoint or the instance's death; the checkpoint is handed off to it (HandoffStatus,
+    jobs.notice_handoff)."""
     PREEMPTED = "PREEMPTED"
     """The instance was lost without our asking; the next attempt resumes from a checkpoint."""
     PAUSED = "PAUSED"
@@ -77,7 +79,7 @@ JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     S.VERIFYING: frozenset({S.BOOTSTRAPPING, S.PREEMPTED, S.PAUSED, *_EXITS}),
     S.BOOTSTRAPPING: frozenset({S.TRAINING, S.PREEMPTED, S.PAUSED, *_EXITS}),
     S.TRAINING: frozenset({S.COLLECTING, S.PREEMPTING, S.PREEMPTED, S.PAUSED, *_EXITS}),
-    # Noticed: ends PREEMPTED once the notice's checkpoint is home (or the instance is lost).
+    # Noticed: PREEMPTED as soon as supervise_training sees it (the checkpoint is handed off).
     S.PREEMPTING: frozenset({S.PREEMPTED, *_EXITS}),
     # A lost instance while collecting is a preemption: the next attempt resumes from the final
     # checkpoint, finishes at once and is collected.
@@ -136,6 +138,31 @@ SEGMENT_TRANSITIONS: Mapping[SegmentStatus | None, frozenset[SegmentStatus]] = {
 }
 
 
+class HandoffStatus(StrEnum):
+    """Where the hand-off of a noticed attempt's checkpoint to the next attempt is
+    (`AttemptRecord.handoff`, jobs.notice_handoff). The next attempt starts at the notice, so
+    the noticed attempt is stale while its segment still ends and its checkpoint is pulled."""
+
+    OPEN = "open"
+    """The next attempt has started; this attempt's noticed segment is ending and its
+    checkpoint is being pulled. The one exception to the attempt fence: while its hand-off is
+    open, a stale attempt may still write its own attempt record (the segment's end, the
+    pull), never the job's record."""
+    KEPT = "kept"
+    """The checkpoint written on notice is in the store and verifies (`handoff_checkpoint`)."""
+    LOST = "lost"
+    """It could not be kept (none written, it does not verify, the instance died, or the wait
+    ran out); the next attempt resumes from the newest checkpoint that verifies."""
+
+
+HANDOFF_TRANSITIONS: Mapping[HandoffStatus | None, frozenset[HandoffStatus]] = {
+    None: frozenset({HandoffStatus.OPEN}),
+    HandoffStatus.OPEN: frozenset({HandoffStatus.KEPT, HandoffStatus.LOST}),
+    HandoffStatus.KEPT: frozenset(),
+    HandoffStatus.LOST: frozenset(),
+}
+
+
 def allowed_from(table: Mapping[T, frozenset[T]], target: T) -> list[T]:
     """The states from which `table` allows a move to `target`."""
     return [s for s, targets in table.items() if target in targets]
@@ -179,11 +206,15 @@ return {'OK', cur}
 """
 
 # KEYS: job, target hash. ARGV: attempt, conditions (JSON object field -> expected value, "" for
-# absent), fields (JSON object). Writes only for the live attempt and when every condition holds.
+# absent), fields (JSON object). Writes only for the live attempt (or to a stale attempt's own
+# record while its hand-off is open) and when every condition holds.
 _FENCED_CAS_LUA = """
 local cur_attempt = redis.call('HGET', KEYS[1], 'attempt')
 if not cur_attempt then return {'MISSING', ''} end
-if cur_attempt ~= ARGV[1] then return {'STALE', cur_attempt} end
+if cur_attempt ~= ARGV[1] and (KEYS[2] == KEYS[1]
+    or redis.call('HGET', KEYS[2], 'handoff') ~= 'open') then
+  return {'STALE', cur_attempt}
+end
 local conditions = cjson.decode(ARGV[2])
 for k, expected in pairs(conditions) do
   local v = redis.call('HGET', KEYS[2], k) or ''
@@ -256,7 +287,8 @@ class JobStateCAS:
 
 class FencedCAS:
     """Writes fields of a job's hash or of a hash beside it, only while the caller's attempt is
-    the job's attempt and every condition holds (the segment moves are such writes)."""
+    the job's attempt (or, for its own attempt record, while its hand-off is open) and every
+    condition holds (the segment and hand-off moves are such writes)."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._script = client.register_script(_FENCED_CAS_LUA)
@@ -301,6 +333,22 @@ class FencedCAS:
         conditions = {"segment": current[0], "segment_status": current[1] or ""}
         moved = {"segment": target[0], "segment_status": target[1], **fields}
         return self(keys, job_id, attempt, moved, conditions)
+
+    def move_handoff(
+        self,
+        keys: tuple[str, str],
+        job_id: str,
+        attempt: int,
+        current: HandoffStatus | None,
+        target: HandoffStatus,
+        fields: Mapping[str, Any],
+    ) -> bool:
+        """Move the attempt's hand-off from `current` to `target`, with `fields`; False when it
+        is not at `current` (another process moved it first)."""
+        if target not in HANDOFF_TRANSITIONS[current]:
+            raise ValueError(f"hand-off {current} -> {target} is not a transition")
+        conditions = {"handoff": current or ""}
+        return self(keys, job_id, attempt, {"handoff": target, **fields}, conditions)
 
 
 class InstanceStateCAS:

@@ -29,11 +29,25 @@ from typing import Any, TypeVar
 import redis
 
 from queue_app.errors import NotFoundError, StaleAttempt
+from queue_app.keys import (
+    INSTANCES,
+    JOBS,
+    LIVE_INSTANCES,
+    PREFIX,
+    SWEEPS,
+    attempt_key,
+    events_key,
+    instance_key,
+    job_key,
+    sweep_jobs_key,
+    sweep_key,
+)
 from queue_app.leases import lease
 from queue_app.pack_mirror import is_pack_id, mirror_begin_attempt, mirror_transition
 from queue_app.records import AttemptRecord, InstanceRecord, JobRecord, Record, SweepRecord
 from queue_app.statemachine import (
     FencedCAS,
+    HandoffStatus,
     InstanceState,
     InstanceStateCAS,
     JobState,
@@ -42,41 +56,7 @@ from queue_app.statemachine import (
     encode_fields,
 )
 
-PREFIX = "sf"
 R = TypeVar("R", bound=Record)
-
-
-# ---- keys ---------------------------------------------------------------------------------------
-
-
-def sweep_key(sweep_id: str) -> str:
-    return f"{PREFIX}:sweep:{sweep_id}"
-
-
-def sweep_jobs_key(sweep_id: str) -> str:
-    return f"{PREFIX}:sweep:{sweep_id}:jobs"
-
-
-def job_key(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}"
-
-
-def attempt_key(job_id: str, attempt: int) -> str:
-    return f"{PREFIX}:job:{job_id}:attempt:{attempt}"
-
-
-def events_key(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}:events"
-
-
-def instance_key(instance_id: str) -> str:
-    return f"{PREFIX}:instance:{instance_id}"
-
-
-SWEEPS = f"{PREFIX}:sweeps"
-JOBS = f"{PREFIX}:jobs"
-INSTANCES = f"{PREFIX}:instances"
-LIVE_INSTANCES = f"{PREFIX}:instances:live"
 
 
 class Store:
@@ -324,6 +304,19 @@ class Store:
     ) -> bool:
         keys = (job_key(job_id), attempt_key(job_id, attempt))
         return self._fenced_cas.move_segment(keys, job_id, attempt, current, target, fields)
+
+    def move_handoff(
+        self,
+        job_id: str,
+        attempt: int,
+        current: HandoffStatus | None,
+        target: HandoffStatus,
+        **fields: Any,
+    ) -> bool:
+        """Move the attempt's notice hand-off from `current` to `target` (False: it is not at
+        `current`); allowed while the attempt is live or its hand-off open."""
+        keys = (job_key(job_id), attempt_key(job_id, attempt))
+        return self._fenced_cas.move_handoff(keys, job_id, attempt, current, target, fields)
 
     def start_first_attempt(self, job_id: str) -> None:
         """Create attempt 1's record (idempotent)."""

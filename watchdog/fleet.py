@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from queue_app.jobspec import ProviderSpec
+from queue_app.keys import LIVE_INSTANCES, attempt_key, instance_key, job_key
 from queue_app.records import AttemptRecord, InstanceRecord, JobRecord
-from queue_app.statemachine import INSTANCE_STATES, JobState
-from queue_app.store import LIVE_INSTANCES, Store, attempt_key, instance_key, job_key
+from queue_app.statemachine import INSTANCE_STATES, HandoffStatus, JobState
+from queue_app.store import Store
 from watchdog.bulk import hgetall_many
 
 # Job states in which the current attempt's instance is in use.
@@ -34,6 +35,12 @@ class Tracked:
             and self.job.attempt == self.instance.attempt
             and self.job.state in USING_STATES
         )
+
+    @property
+    def handing_off(self) -> bool:
+        """Its attempt was noticed and the checkpoint written on notice is still being handed
+        off to the next attempt, which terminates the instance then (jobs.notice_handoff)."""
+        return self.attempt is not None and self.attempt.handoff is HandoffStatus.OPEN
 
     @property
     def terminate_requested(self) -> bool:

@@ -2,7 +2,8 @@
 
 That covers instances created outside any job, ones whose launch was never registered (a
 provision that crashed), ones of a stale, preempted or finished attempt that are still up, and
-ones whose termination we asked for that the provider still runs. Each is terminated once it has
+ones whose termination we asked for that the provider still runs (not a noticed instance whose
+checkpoint is still being handed off: jobs.notice_handoff). Each is terminated once it has
 been an orphan for `SAEFLEET_WATCHDOG_ORPHAN_GRACE_S` (first-seen times in the hash
 `sf:watchdog:orphans`), so a launch that is being registered is never reaped.
 
@@ -17,9 +18,9 @@ import logging
 
 from jobs.instances import confirm_terminated
 from jobs.providers import Instance, Provider, ProviderError
+from queue_app.keys import instance_key
 from queue_app.records import InstanceRecord
 from queue_app.statemachine import InstanceState
-from queue_app.store import instance_key
 from watchdog.actions import terminate_instance
 from watchdog.context import TickContext
 from watchdog.fleet import Fleet, Tracked
@@ -36,7 +37,8 @@ def check_orphans(ctx: TickContext, fleet: Fleet, view: ProviderView) -> set[str
         instance_id: (name, instance)
         for name, listed in view.listed.items()
         for instance_id, instance in listed.items()
-        if instance_id not in tracked or not tracked[instance_id].in_use
+        if instance_id not in tracked
+        or not (tracked[instance_id].in_use or tracked[instance_id].handing_off)
     }
     first_seen = _first_seen(ctx, view, sorted(orphans))
     records = _records(ctx, [i for i in orphans if i not in tracked])

@@ -12,16 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from jobs.job_cost import costs_by_job, sweep_cost_usd
+from queue_app.keys import INSTANCES, attempt_key, instance_key, job_key, sweep_jobs_key, sweep_key
 from queue_app.records import InstanceRecord
-from queue_app.store import (
-    INSTANCES,
-    Store,
-    attempt_key,
-    instance_key,
-    job_key,
-    sweep_jobs_key,
-    sweep_key,
-)
+from queue_app.store import Store
 from watchdog.bulk import hget_many, hgetall_many
 from watchdog.fleet import Fleet
 

@@ -10,7 +10,7 @@ saefleet terminated it first) and the other is killed at once. Measured per job:
   lower bound without notice; exact with notice: the segment's last checkpoint) minus the step
   attempt 2 resumed from;
 - seconds from the instance's death (the kill, or the moment the notice named) to attempt 2's
-  first progress report: negative means training again before the death.
+  launch and to its first progress report: negative means before the death.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ops import controlplane
+from queue_app.errors import NotFoundError
 from queue_app.processes import free_port
 
 NOTICE_S = 30.0
@@ -83,6 +84,7 @@ def _measure(settings: Any) -> list[dict[str, Any]]:
             "notice": notice,
             "steps_lost": _steps_lost(settings, store, job_id, instances[job_id], steps[job_id]),
             "after_death_s": round(trained_again[job_id] - deaths[job_id], 2),
+            "launched_after_death_s": round(_launched_at(store, job_id) - deaths[job_id], 2),
         }
         for delay, job_id, notice in cases
     ]
@@ -171,7 +173,10 @@ def _wait_attempt_2_progress(store: Any, job_ids: list[str]) -> dict[str, float]
             job = store.job(job_id)
             if job.attempt != 2:
                 continue
-            started = store.attempt(job_id, 2).segment_started_at
+            try:
+                started = store.attempt(job_id, 2).segment_started_at
+            except NotFoundError:  # begun a moment ago: its record comes right after
+                continue
             at = float(job.progress.get("updated_at", 0))
             if started is not None and at > started:
                 first[job_id] = at
@@ -179,6 +184,11 @@ def _wait_attempt_2_progress(store: Any, job_ids: list[str]) -> dict[str, float]
 
     _wait("every attempt 2 training", all_training, every_s=0.02)
     return first
+
+
+def _launched_at(store: Any, job_id: str) -> float:
+    """When attempt 2's instance was launched."""
+    return float(store.instance(store.attempt(job_id, 2).instance_id).launched_at)
 
 
 def _steps_lost(settings: Any, store: Any, job_id: str, instance_id: str, reported: int) -> int:
@@ -207,15 +217,18 @@ def _stop_everything(settings: Any) -> None:
 
 def render(result: dict[str, Any]) -> Table:
     table = Table(title=f"preemption on the local provider (notice: {result['notice_s']:g} s)")
-    for column in ("boot_delay_s", "notice", "steps lost", "training again after death (s)"):
+    columns = ("boot_delay_s", "notice", "steps lost", "replacement launched", "training again")
+    for column in columns:
         table.add_column(column, justify="right")
     for row in result["rows"]:
         table.add_row(
             f"{row['boot_delay_s']:g}",
             "yes" if row["notice"] else "no",
             str(row["steps_lost"]),
-            f"{row['after_death_s']:+.1f}",
+            f"{row['launched_after_death_s']:+.1f} s",
+            f"{row['after_death_s']:+.1f} s",
         )
+    table.caption = "seconds after the old instance's death (negative: before it)"
     return table
 
 

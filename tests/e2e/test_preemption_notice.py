@@ -1,7 +1,8 @@
 """An interruption notice mid-segment, end to end on the local provider: the instance is told
-it will be taken in two minutes; the trainer stops at its next step with a checkpoint, the
-checkpoint is pulled at once, the job goes PREEMPTING and the next attempt starts while the
-noticed instance would still run, from exactly the step the notice stopped at."""
+it will be taken in two minutes; the job goes PREEMPTING and the next attempt starts at once
+while the trainer stops at its next step with a checkpoint, which is pulled and handed off to
+the next attempt (jobs.notice_handoff): it resumes from exactly the step the notice stopped at,
+before the noticed instance would have died."""
 
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ def test_a_notice_mid_segment_loses_no_step_and_resumes_before_the_death(
     stopped_at = Path(first.segment_checkpoint or "").name
     # ... which was pulled and is where attempt 2 started: no step was trained twice.
     assert first.pulled_segment == 1 and second.resume_from == stopped_at
+    assert (first.handoff, first.handoff_checkpoint) == ("kept", stopped_at)
     assert int(stopped_at.removeprefix("step-")) < NOTICE_RUN["train.total_tokens"] // 512
     moves = [(e["attempt"], e["to"]) for e in plane.store.events(job_id)]
     assert moves[moves.index((1, "TRAINING")) :][:3] == [

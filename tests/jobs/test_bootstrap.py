@@ -51,7 +51,7 @@ def test_bootstrap_uploads_starts_the_worker_and_waits_for_its_ping(
     job_id, instance = _ready(stage_world)
     layout = layout_for(instance)
     polled = stage_world.deliver(bootstrap, job_id)
-    assert (polled.state, polled.countdown) == ("RETRY", 2.0)
+    assert (polled.state, polled.countdown) == ("RETRY", stage_world.settings.poll_interval_s)
     files = stage_world.ssh.files[instance.instance_id]
     assert {layout.job_config, layout.broker_url_file, layout.start_script} <= set(files)
     assert f"127.0.0.1:{BROKER_PORT}/".encode() in files[layout.broker_url_file]

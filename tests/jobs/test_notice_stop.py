@@ -1,7 +1,6 @@
 """What an interruption notice does to a training job, stage by stage against the fakes: the
 GPU-side watch moves the job to PREEMPTING and stops the segment (a rebalance recommendation
-only stops the segment), and `supervise_training` pulls the checkpoint the stopped segment
-wrote and starts the next attempt at once, with the noticed instance terminated."""
+only stops the segment). What `supervise_training` does next is in test_notice_handoff.py."""
 
 from __future__ import annotations
 
@@ -14,11 +13,8 @@ import pytest
 
 import jobs.notice_watch
 from jobs.notice_watch import CHANNEL_ENV, act_on_notice, stop_for_notice
-from jobs.providers.base import InstanceStatus
 from jobs.providers.notice import Notice, NoticeChannel, NoticeKind, notices_json
-from jobs.stages import supervise_training
 from queue_app.statemachine import JobState
-from sae.checkpoint import checkpoint_name, write_checkpoint
 from tests.jobs.stage_world import StageWorld
 from tests.jobs.test_training_task import Segment, Trainer, _send
 
@@ -93,31 +89,3 @@ def test_a_segment_stops_on_the_notice_its_instance_is_given(
     _send(stage_world)
     assert stage_world.attempt(job_id).segment_stopped is True
     assert stage_world.job(job_id).state is S.PREEMPTING
-
-
-def test_supervise_pulls_the_notice_checkpoint_then_starts_the_next_attempt_at_once(
-    stage_world: StageWorld, tmp_path: Path
-) -> None:
-    job_id = stage_world.sweep()
-    instance = stage_world.launch(job_id, S.TRAINING)
-    stage_world.deliver(supervise_training, job_id)  # sends segment 1
-    assert stage_world.store.start_segment(job_id, 1, 1)
-    act_on_notice(stage_world.store, job_id, 1, INTERRUPTION)
-    waiting = stage_world.deliver(supervise_training, job_id)
-    assert waiting.state == "RETRY"  # the segment has not stopped yet
-    local = write_checkpoint(tmp_path / "written", 7, 7 * 512, b"state", "{}")
-    stage_world.remote_tree(instance, local, f"checkpoints/{local.name}")
-    stage_world.store.finish_segment(
-        job_id, 1, 1, "done", segment_checkpoint=f"checkpoints/{local.name}", segment_stopped=True
-    )
-    resumed = stage_world.deliver(supervise_training, job_id)
-    job = stage_world.job(job_id)
-    assert (job.state, job.preemptions, job.latest_checkpoint) == (
-        S.PREEMPTED,
-        1,
-        checkpoint_name(7),
-    )
-    assert resumed.state == "IGNORED" and resumed.replacement is not None
-    first = resumed.replacement.tasks[0]
-    assert first.args[0]["attempt"] == 2 and not first.options.get("countdown")
-    assert stage_world.provider.instances[instance.instance_id].status is InstanceStatus.TERMINATED

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from ops.cli import app
 from ops.status_view import fleet_status, render
-from ops.views import grid_label, short_ids
+from ops.views import attempts_table, grid_label, short_ids
 from queue_app.settings import Settings
-from queue_app.statemachine import JobState
+from queue_app.statemachine import HandoffStatus, JobState
 from queue_app.store import Store
 from tests.queue_app.records import add_instance, make_sweep
 
@@ -173,3 +173,17 @@ def test_status_json_command(settings: Settings, store: Store, running_sweep: st
     assert status["at"] == pytest.approx(time.time(), abs=60)
     result = CliRunner().invoke(app, ["sweep", "status", "swrun"])
     assert result.exit_code == 0 and "swrun" in result.output
+
+
+def test_the_attempts_table_shows_a_noticed_attempts_checkpoint_hand_off(store: Store) -> None:
+    [job] = make_sweep(store, "swnotice", [JobState.TRAINING], now=NOW)
+    store.start_first_attempt(job.job_id)
+    store.move_handoff(job.job_id, 1, None, HandoffStatus.OPEN, handoff_opened_at=NOW)
+    console = Console(width=200, record=True)
+    console.print(attempts_table(store, store.job(job.job_id)))
+    assert "open" in console.export_text()
+    store.move_handoff(
+        job.job_id, 1, HandoffStatus.OPEN, HandoffStatus.KEPT, handoff_checkpoint="step-0000000007"
+    )
+    console.print(attempts_table(store, store.job(job.job_id)))
+    assert "kept (step-0000000007)" in console.export_text()

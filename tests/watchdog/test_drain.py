@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from jobs.providers import InstanceStatus
 from queue_app.admission import PAUSE_REQUEST, set_drained
+from queue_app.keys import instance_key
 from queue_app.statemachine import JobState
-from queue_app.store import instance_key
 from tests.watchdog.conftest import World
 from watchdog.tick import run_tick
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from jobs.providers import InstanceStatus
-from queue_app.statemachine import InstanceState, JobState
+from queue_app.statemachine import HandoffStatus, InstanceState, JobState
 from tests.watchdog.conftest import World
 from watchdog.orphans import SEEN_KEY
 from watchdog.tick import run_tick
@@ -52,6 +52,27 @@ def test_instance_in_use_is_never_an_orphan(world: World) -> None:
 
     assert world.provider.instances[instance.instance_id].status is InstanceStatus.ACTIVE
     assert world.store.r.hgetall(SEEN_KEY) == {}
+
+
+def test_a_noticed_instance_handing_off_its_checkpoint_is_no_orphan_until_closed(
+    world: World,
+) -> None:
+    job_id = world.sweep()
+    noticed = world.launch(job_id)
+    world.store.move_handoff(job_id, 1, None, HandoffStatus.OPEN, handoff_opened_at=time.time())
+    world.store.transition(job_id, 1, JobState.PREEMPTING)
+    world.store.transition(job_id, 1, JobState.PREEMPTED)
+    world.launch(job_id, JobState.BOOTING)  # attempt 2 boots meanwhile
+    later = time.time() + world.settings.watchdog_orphan_grace_s + 1
+
+    run_tick(world.context())
+    run_tick(world.context(now=later))
+    assert world.provider.instances[noticed.instance_id].status is InstanceStatus.ACTIVE
+
+    world.store.move_handoff(job_id, 1, HandoffStatus.OPEN, HandoffStatus.LOST)
+    run_tick(world.context(now=later))
+    run_tick(world.context(now=later + world.settings.watchdog_orphan_grace_s + 1))
+    assert world.provider.instances[noticed.instance_id].status is InstanceStatus.TERMINATED
 
 
 def test_terminated_record_still_running_is_terminated_again(world: World) -> None:

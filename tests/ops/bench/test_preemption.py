@@ -10,15 +10,34 @@ from ops.bench.preemption import render, verdicts
 
 def _result(noticed_lost: int, noticed_after_s: float) -> dict[str, Any]:
     rows = [
-        {"boot_delay_s": 0.0, "notice": True, "steps_lost": 0, "after_death_s": -22.0},
-        {"boot_delay_s": 0.0, "notice": False, "steps_lost": 30, "after_death_s": 12.0},
+        {
+            "boot_delay_s": 0.0,
+            "notice": True,
+            "steps_lost": 0,
+            "after_death_s": -22.0,
+            "launched_after_death_s": -29.0,
+        },
+        {
+            "boot_delay_s": 0.0,
+            "notice": False,
+            "steps_lost": 30,
+            "after_death_s": 12.0,
+            "launched_after_death_s": 1.0,
+        },
         {
             "boot_delay_s": 30.0,
             "notice": True,
             "steps_lost": noticed_lost,
             "after_death_s": noticed_after_s,
+            "launched_after_death_s": -29.0,
         },
-        {"boot_delay_s": 30.0, "notice": False, "steps_lost": 41, "after_death_s": 44.0},
+        {
+            "boot_delay_s": 30.0,
+            "notice": False,
+            "steps_lost": 41,
+            "after_death_s": 44.0,
+            "launched_after_death_s": 1.0,
+        },
     ]
     return {"notice_s": 30.0, "target_after_death_s": 10.0, "rows": rows}
 
