@@ -173,8 +173,10 @@ def encode_fields(fields: Mapping[str, Any]) -> dict[str, str]:
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
 
 
-# KEYS: job, events. ARGV: attempt, target, allowed_from (JSON list), now, new_attempt ("" for
-# none), extra fields (JSON object), reason ("" for none), allow_same ("1"/"0").
+# KEYS: job, events[, the new attempt's hash]. ARGV: attempt, target, allowed_from (JSON list), now,
+# new_attempt ("" for none), extra fields (JSON object), reason ("" for none), allow_same
+# ("1"/"0"), job id. A new attempt's record is created in the same step as the job's attempt
+# moves to it, so no reader ever finds the job on an attempt that has no record.
 # Returns {"OK", previous_state} | {"SAME", state} | {"STALE", attempt} | {"ILLEGAL", state} |
 # {"MISSING", ""}.
 _JOB_CAS_LUA = """
@@ -196,6 +198,11 @@ for _, s in ipairs(allowed) do if s == cur then ok = true end end
 if not ok then return {'ILLEGAL', cur} end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[4])
 if new_attempt ~= '' then redis.call('HSET', KEYS[1], 'attempt', new_attempt) end
+if new_attempt ~= '' and KEYS[3] then
+  redis.call('HSETNX', KEYS[3], 'started_at', ARGV[4])
+  redis.call('HSETNX', KEYS[3], 'segment', '0')
+  redis.call('HSET', KEYS[3], 'job_id', ARGV[9], 'attempt', new_attempt)
+end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'reason', ARGV[7]) end
 local extra = cjson.decode(ARGV[6])
 for k, v in pairs(extra) do redis.call('HSET', KEYS[1], k, v) end
@@ -251,7 +258,7 @@ class JobStateCAS:
 
     def __call__(
         self,
-        keys: tuple[str, str],
+        keys: tuple[str, ...],
         job_id: str,
         attempt: int,
         target: JobState,
@@ -262,7 +269,8 @@ class JobStateCAS:
         fields: Mapping[str, Any],
     ) -> JobState:
         """Returns the previous state (`target` itself for a repeat that is allowed); raises
-        StaleAttempt, IllegalTransition or NotFoundError. `keys`: the job hash, its events."""
+        StaleAttempt, IllegalTransition or NotFoundError. `keys`: the job hash, its events and,
+        with `new_attempt`, that attempt's hash (created by the same move)."""
         outcome, value = self._script(
             keys=list(keys),
             args=[
@@ -274,6 +282,7 @@ class JobStateCAS:
                 json.dumps(encode_fields(fields)),
                 reason or "",
                 "1" if allow_same else "0",
+                job_id,
             ],
         )
         if outcome in ("OK", "SAME"):

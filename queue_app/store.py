@@ -180,8 +180,9 @@ class Store:
         return previous
 
     def begin_attempt(self, job_id: str, new_attempt: int, **fields: Any) -> None:
-        """PREEMPTED or PAUSED (attempt n-1) -> PROVISIONING (attempt n); a repeat is a no-op."""
-        keys = (job_key(job_id), events_key(job_id))
+        """PREEMPTED or PAUSED (attempt n-1) -> PROVISIONING (attempt n), creating attempt n's
+        record in the same step; a repeat is a no-op."""
+        keys = (job_key(job_id), events_key(job_id), attempt_key(job_id, new_attempt))
         self._job_cas(
             keys,
             job_id,
@@ -190,7 +191,6 @@ class Store:
             new_attempt=new_attempt,
             fields=fields,
         )
-        self._init_attempt(job_id, new_attempt)
         if is_pack_id(job_id):
             mirror_begin_attempt(self, job_id, new_attempt, fields)
 

@@ -8,6 +8,7 @@ import fakeredis
 import pytest
 
 from queue_app.errors import IllegalTransition, NotFoundError, StaleAttempt
+from queue_app.keys import attempt_key, events_key, job_key
 from queue_app.records import InstanceRecord, JobRecord, SweepRecord
 from queue_app.statemachine import (
     INSTANCE_TRANSITIONS,
@@ -117,6 +118,26 @@ def test_begin_attempt_is_idempotent_and_needs_preempted(store: Store) -> None:
     store.begin_attempt(job_id, 2)  # a redelivered resume repeats it harmlessly
     assert store.job(job_id).attempt == 2
     assert [a.attempt for a in store.attempts(job_id)] == [2]  # attempt 1 record never made
+
+
+def test_a_new_attempt_has_its_record_from_the_move_that_begins_it(store: Store) -> None:
+    [job_id, _] = make_sweep(store)
+    store.transition(job_id, 1, S.PROVISIONING)
+    with pytest.raises(IllegalTransition):
+        store.begin_attempt(job_id, 2)
+    assert not store.r.exists(attempt_key(job_id, 2))  # a refused move makes no record
+    store.transition(job_id, 1, S.PREEMPTED)
+    store._job_cas(  # the move alone, as a reader racing begin_attempt would see it
+        (job_key(job_id), events_key(job_id), attempt_key(job_id, 2)),
+        job_id,
+        1,
+        S.PROVISIONING,
+        new_attempt=2,
+        fields={},
+    )
+    record = store.attempt(job_id, 2)
+    assert (record.job_id, record.attempt, record.segment) == (job_id, 2, 0)
+    assert record.started_at == pytest.approx(store.job(job_id).updated_at)
 
 
 def test_allow_same_makes_repeats_harmless(store: Store) -> None:
