@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ops import controlplane
+from ops.views import terminal
 from queue_app.errors import NotFoundError
 from queue_app.processes import free_port
 
@@ -259,7 +259,7 @@ def bench_preemption_command(
     if json_out:
         typer.echo(json.dumps(result, indent=2))
         return
-    console = Console()
+    console = terminal()
     console.print(render(result))
     for line in verdicts(result):
         console.print(line)

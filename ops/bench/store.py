@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from jobs.checkpoint_upload import upload_in_background
@@ -44,6 +43,7 @@ from jobs.ssh_connect import connect, ensure_keypair
 from jobs.tiny_sweep import tiny_job
 from jobs.upload_board import UploadBoard
 from jobs.upload_grants import serve_uploads
+from ops.views import terminal
 from queue_app.connection import connect as connect_redis
 from queue_app.processes import free_port, port_open, stop_process
 from queue_app.records import JobRecord, SweepRecord
@@ -259,6 +259,6 @@ def bench_store_command(
     if json_out:
         typer.echo(json.dumps(result, indent=2))
         return
-    console = Console()
+    console = terminal()
     console.print(render(result))
     console.print(verdict(result))
