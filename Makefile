@@ -5,14 +5,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # torch goes in first and alone: the CPU wheel 2.13.0 satisfies `torch>=2.5` without pulling CUDA.
+# --no-compile: Python compiles a module when it is first imported, so only the modules that run
+# are compiled (pip would compile all of them, transformers' thousands of model files included,
+# on one core: about half of the install's time).
 TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: demo test test-fast lint fmt venv system-deps clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e '.[dev,bench]'  # bench: sparsify and SAELens, which tests compare against
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --no-compile "$(TORCH_SPEC)"
+	$(PY) -m pip install -q --no-compile -e '.[dev,bench]'  # bench: sparsify and SAELens, which tests compare against
 	@touch $(STAMP)
 
 venv: $(STAMP)
