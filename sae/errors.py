@@ -7,6 +7,8 @@ the fleet fails the job with the message, which names the cause and the fix.
     ├── ModelLoadError    model missing, gated without a token, or not a causal LM
     ├── TrainingDiverged  a NaN or infinite loss (fails that SAE alone in a pack)
     └── OutOfMemory       out of GPU memory with no smaller micro-batch left to try
+                          (the fleet does not fail the job for it: its next attempt runs
+                          on a GPU type with more memory, see jobs.oom)
 """
 
 from __future__ import annotations
