@@ -1,7 +1,8 @@
 """Out of GPU memory at the smallest micro-batch (jobs.oom), on the control plane: the job moves
 to the cheapest allowed type with more GPU memory, with no back-off and without using up an
 attempt, its micro-batch starting again from its own; its next provision launches only on
-such a type; with nothing larger allowed it FAILS naming what it tried. Halving itself happens
+such a type; with nothing larger allowed it FAILS naming what it tried. A pack keeps its
+halvings and moves as one, its members following it. Halving itself happens
 in the trainer (tests/sae/test_pack.py) and is recorded by the worker
 (tests/jobs/test_training_task.py)."""
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.oom import micro_batches_tried, plan_move
+from jobs.oom import micro_batches_tried, plan_move, record_halving
 from jobs.providers import InstanceStatus
 from jobs.provision import provision
 from jobs.stages import supervise_training
@@ -17,6 +18,7 @@ from queue_app.jobspec import ProviderSpec
 from queue_app.records import InstanceRecord
 from queue_app.statemachine import JobState
 from tests.jobs.stage_world import StageWorld
+from tests.jobs.test_pack_stages import _pack
 from tests.support.planning import StaticProvider, config, itype
 
 S = JobState
@@ -109,3 +111,23 @@ def test_only_allowed_types_with_more_memory_are_candidates() -> None:
 def test_the_micro_batches_tried_end_where_halving_stops(batch: int, accum: int, walk: str) -> None:
     train = config().train.model_copy(update={"batch_tokens": batch, "grad_accum_steps": accum})
     assert micro_batches_tried(config(train=train)) == f"{walk} tokens"
+
+
+def test_a_pack_keeps_its_halvings_and_moves_with_its_members(stage_world: StageWorld) -> None:
+    stage_world.provider.types = list(TYPES)
+    pack_id, members = _pack(stage_world, members=2)
+    instance = stage_world.launch(pack_id, S.TRAINING, provider="lambda")
+    stage_world.store.update_instance(instance.instance_id, instance_type="gpu_1x_a100")
+    note = "out of memory at step 9; micro-batch 512 -> 256 tokens"
+    record_halving(stage_world.store, pack_id, 1, {"at_step": 9, "note": note})
+    assert stage_world.job(pack_id).micro_batch_halvings == 1
+    assert all(stage_world.attempt(m).out_of_memory == [note] for m in [pack_id, *members])
+
+    stage_world.training(pack_id)
+    stage_world.store.finish_segment(
+        pack_id, 1, 1, "failed", segment_error="OutOfMemory: ...", segment_out_of_memory=True
+    )
+    assert stage_world.deliver(supervise_training, pack_id).replacement is not None
+    pack = stage_world.job(pack_id)
+    assert (pack.gpu_memory_above_gb, pack.micro_batch_halvings) == (40, 0)
+    assert {stage_world.job(m).state for m in members} == {S.PREEMPTED}
