@@ -1,5 +1,6 @@
-"""Errors `sae` raises on purpose. None is retryable: retrying the same job cannot help, so
-the fleet fails the job with the message, which names the cause and the fix.
+"""Errors `sae` raises on purpose. None is retryable: the same call cannot succeed if made
+again, so the fleet fails the job with the message, which names the cause and the fix;
+except after OutOfMemory, when it tries again on a GPU with more memory.
 
     SAEError              retryable = False for every error below
     ├── ConfigError       a config that validates alone but not against the model
