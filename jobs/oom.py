@@ -74,6 +74,17 @@ def plan_move(
     )
 
 
+def nothing_larger(
+    store: Store, job_id: str, config: JobConfig, plan: MovePlan, reason: str
+) -> str:
+    """Why a job that ran out of memory at its smallest micro-batch fails: what it tried."""
+    types = ", ".join(types_tried(store, job_id)) or "no instance"
+    return (
+        f"{reason}; tried micro-batches {micro_batches_tried(config)} on {types}, and no "
+        f"allowed type has more GPU memory than {plan.ran_out_on} (provider.instance_types, gpu)"
+    )
+
+
 def types_tried(store: Store, job_id: str) -> list[str]:
     """The instance types the job's attempts ran on, in order, each once."""
     tried: list[str] = []

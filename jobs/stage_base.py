@@ -33,7 +33,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from jobs.errors import InstanceLost, JobsError, OutOfGPUMemory, StageFailed
 from jobs.instances import provider_for, provider_lost_instance
 from jobs.instances import request_termination as _request_termination
-from jobs.oom import micro_batches_tried, plan_move, types_tried
+from jobs.oom import nothing_larger, plan_move
 from jobs.pipeline import STAGES, JobRef, job_is_past, stage_chain, stage_task_name
 from jobs.providers import Provider
 from jobs.results import job_result
@@ -307,13 +307,7 @@ def resume_on_larger_type(ctx: StageContext, reason: str) -> dict[str, Any]:
         instance.instance_type if instance else None,
     )
     if not plan.larger:
-        return fail(
-            ctx,
-            f"{reason}; tried micro-batches {micro_batches_tried(ctx.config)} on "
-            f"{', '.join(types_tried(ctx.store, ctx.ref.job_id)) or 'no instance'}, and no "
-            f"allowed type has more GPU memory than {plan.ran_out_on} "
-            "(provider.instance_types, gpu)",
-        )
+        return fail(ctx, nothing_larger(ctx.store, ctx.ref.job_id, ctx.config, plan, reason))
     why = f"{reason}; next attempt on a type with more GPU memory than {plan.ran_out_on}"
     job = ctx.store.job(ctx.ref.job_id)
     notes = ctx.attempt().out_of_memory
