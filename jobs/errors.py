@@ -7,6 +7,8 @@ them.
 JobsError                      retryable = False unless marked
 ├── StageFailed                the stage cannot succeed; the message becomes the job's reason
 ├── InstanceLost               the instance is gone without our asking: a preemption
+├── OutOfGPUMemory             out of GPU memory at the smallest micro-batch: the next attempt
+│                              takes a larger GPU type (jobs.oom), or the job fails
 ├── CheckpointNotKept          (jobs.checkpoint_pull) a finished segment's checkpoint cannot be kept
 ├── ProviderError              (jobs.providers.errors) retryable: 5xx, timeouts, malformed replies
 │   ├── CapacityError          retryable: no capacity for this type/region now
@@ -41,3 +43,9 @@ class StageFailed(JobsError):
 
 class InstanceLost(JobsError):
     """The instance is gone or unreachable for good without our asking: a preemption."""
+
+
+class OutOfGPUMemory(JobsError):
+    """Training ran out of GPU memory at its smallest micro-batch. Retrying on this instance
+    cannot help, so it is not `retryable` here; the job is retried as a new attempt on a
+    type with more GPU memory (jobs.oom), and fails only when no such type is allowed."""

@@ -8,9 +8,15 @@ capped): the next segment trains the rest. Each member's outcome (its checkpoint
 `run/`, done, its own error) goes into the attempt record's `member_outcomes` for
 `supervise_training` to settle (jobs.pack_supervise).
 
-Test hook: `$SAEFLEET_WORKDIR/faults.json`, `{"nan_at": {"<member job id>": <step>}}`, read when
-the pack's run is built, makes that member's loss NaN once it has taken that many steps
-(sae.pack's `nan_at`).
+Test hooks: `$SAEFLEET_WORKDIR/faults.json`, read when a run is built (a single job's too):
+- `{"nan_at": {"<member job id>": <step>}}` makes that member's loss NaN once it has taken
+  that many steps (sae.pack's `nan_at`);
+- `{"oom_at": {"step": <n>, "above_micro_batch": <tokens>}}` raises torch.OutOfMemoryError at
+  step n while the micro-batch is above that many tokens (omitted: once; sae.pack's
+  `inject_oom`), on every attempt whose instance has the file.
+
+Every run is built with the micro-batch halvings the job has kept (jobs.oom), and reports each
+new one back at once.
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jobs.oom import record_halving
 from queue_app.pack_mirror import following_members
 from queue_app.store import Store
 
 if TYPE_CHECKING:
-    from sae.pack import PackResult, PackRun
+    from sae.config import RunConfig
+    from sae.pack import InjectedOOM, PackResult, PackRun
 
 FAULTS_FILE = "faults.json"
 MEMBER_CHECK_INTERVAL_S = 2.0
@@ -39,19 +47,41 @@ def pack_run(store: Store, job_id: str, attempt: int, members: list[str], workdi
     key = (job_id, attempt, tuple(members))
     if key not in _packs:
         _packs.clear()  # one pack per instance: a new member set restores from its checkpoints
-        configs = [record.job_spec.config.run_config() for record in store.jobs(members)]
+        halvings = store.job(job_id).micro_batch_halvings
+        configs = [
+            with_halvings(record.job_spec.config.run_config(), halvings)
+            for record in store.jobs(members)
+        ]
         nan_at = _faults(workdir).get("nan_at", {})
         _packs[key] = PackRun(
             configs,
             [workdir / "run" / member for member in members],
             nan_at={members.index(m): step for m, step in nan_at.items() if m in members},
+            inject_oom=injected_oom(workdir),
         )
     return _packs[key]
+
+
+def with_halvings(config: RunConfig, halvings: int) -> RunConfig:
+    """`config` with the micro-batch halvings the job has kept (jobs.oom)."""
+    from sae.pack import with_micro_batch_halved
+
+    return with_micro_batch_halved(config, halvings) if halvings else config
 
 
 def _faults(workdir: Path) -> dict[str, Any]:
     path = workdir / FAULTS_FILE
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def injected_oom(workdir: Path) -> InjectedOOM | None:
+    """The out-of-memory fault this instance's faults.json asks for, if any."""
+    from sae.pack import InjectedOOM
+
+    fault = _faults(workdir).get("oom_at")
+    if fault is None:
+        return None
+    return InjectedOOM(at_step=fault["step"], above_micro_batch=fault.get("above_micro_batch"))
 
 
 class MemberWatch:
@@ -95,6 +125,7 @@ def train_pack_segment(
         should_stop=lambda: should_stop() or watch.changed(),
         on_progress=report,
         heartbeat_path=workdir / "run" / "heartbeat.json",
+        on_oom=lambda restart: record_halving(store, job_id, attempt, restart),
     )
     return {
         "segment_done": not any(m.active for m in run.members),

@@ -88,11 +88,18 @@ def candidates(
 
 
 def plan_launch(
-    config: JobConfig, provider_spec: ProviderSpec, provider: Provider, preemptions: int
+    config: JobConfig,
+    provider_spec: ProviderSpec,
+    provider: Provider,
+    preemptions: int,
+    gpu_memory_above_gb: float | None = None,
 ) -> list[Candidate]:
     """Candidates for the next attempt of a job on `provider`, in failover order. With a
-    persistent filesystem, only its region qualifies."""
+    persistent filesystem, only its region qualifies; with `gpu_memory_above_gb` (the job ran
+    out of memory on a type that size, jobs.oom), only types with more GPU memory."""
     types = provider.instance_types()
+    if gpu_memory_above_gb is not None:
+        types = [t for t in types if t.gpu_memory_gb > gpu_memory_above_gb]
     spot_offered = any(t.spot_price_per_hour is not None for t in types)
     capacity = capacity_for(config, preemptions, spot_offered)
     found = candidates(config, provider_spec, types, capacity)

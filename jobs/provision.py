@@ -62,7 +62,13 @@ def _find_by_name(ctx: StageContext, name: str) -> Instance | None:
 def _launch(ctx: StageContext, name: str) -> Instance:
     job_id = ctx.ref.job_id
     job = ctx.store.job(job_id)
-    candidates = plan_launch(ctx.config, job.job_spec.provider, ctx.provider, job.preemptions)
+    candidates = plan_launch(
+        ctx.config,
+        job.job_spec.provider,
+        ctx.provider,
+        job.preemptions,
+        gpu_memory_above_gb=job.gpu_memory_above_gb,
+    )
     _, public_key = fleet_keypair(ctx.settings)
     refused: list[str] = []
     for candidate in candidates:

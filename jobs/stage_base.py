@@ -7,6 +7,7 @@ A stage's body receives a `StageContext` and either returns (the chain moves on)
     StageFailed / any error      -> was the instance lost? yes: preemption, no: job FAILED
     JobsError with `retryable`   -> retried with backoff, then treated as a failure
     InstanceLost                 -> preemption: attempt+1 resumes by replacing this task
+    OutOfGPUMemory               -> attempt+1 on a larger GPU type, or FAILED when none is left
     StaleAttempt                 -> the task is late: it does nothing (Ignore)
     IllegalTransition after a copy of the task moved the job on -> this copy stops (Ignore)
     redis ConnectionError        -> the message goes back to the broker (Reject, requeue)
@@ -29,9 +30,10 @@ import redis
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 
-from jobs.errors import InstanceLost, JobsError, StageFailed
+from jobs.errors import InstanceLost, JobsError, OutOfGPUMemory, StageFailed
 from jobs.instances import provider_for, provider_lost_instance
 from jobs.instances import request_termination as _request_termination
+from jobs.oom import nothing_larger, plan_move
 from jobs.pipeline import STAGES, JobRef, job_is_past, stage_chain, stage_task_name
 from jobs.providers import Provider
 from jobs.results import job_result
@@ -201,6 +203,8 @@ def _handle_error(ctx: StageContext, exc: Exception) -> dict[str, Any]:
     reason = f"{ctx.stage}: {exc}"
     if isinstance(exc, InstanceLost):
         return preempt(ctx, reason)
+    if isinstance(exc, OutOfGPUMemory):
+        return resume_on_larger_type(ctx, reason)
     if isinstance(exc, JobsError) and exc.retryable:
         # An SSH error to a preempted instance looks transient: ask before retrying it.
         settled = settle_if_interrupted(ctx, reason)
@@ -290,6 +294,35 @@ def preempt(ctx: StageContext, reason: str, at_once: bool = False) -> dict[str, 
     return resume(ctx, reason, at_once=at_once)
 
 
+def resume_on_larger_type(ctx: StageContext, reason: str) -> dict[str, Any]:
+    """Out of memory at the smallest micro-batch (jobs.oom): attempt+1 on an allowed type with
+    more GPU memory per GPU, at once, from the newest checkpoint; FAILED when none is left."""
+    if ctx.store.job(ctx.ref.job_id).state is not JobState.TRAINING:
+        return fail_or_preempt(ctx, reason)  # the watchdog or a user moved it meanwhile
+    instance = ctx.instance()
+    plan = plan_move(
+        ctx.provider,
+        ctx.config,
+        ctx.job.job_spec.provider,
+        instance.instance_type if instance else None,
+    )
+    if not plan.larger:
+        return fail(ctx, nothing_larger(ctx.store, ctx.ref.job_id, ctx.config, plan, reason))
+    why = f"{reason}; next attempt on a type with more GPU memory than {plan.ran_out_on}"
+    job = ctx.store.job(ctx.ref.job_id)
+    notes = ctx.attempt().out_of_memory
+    ctx.update_attempt(out_of_memory=[*notes, why])
+    ctx.store.update_job(
+        ctx.ref.job_id,
+        ctx.ref.attempt,
+        gpu_memory_above_gb=plan.memory_gb,
+        micro_batch_halvings=0,
+        larger_gpu_moves=job.larger_gpu_moves + 1,
+    )
+    ctx.store.transition(ctx.ref.job_id, ctx.ref.attempt, JobState.PREEMPTED, reason=why)
+    return resume(ctx, why, at_once=True)
+
+
 def resume(
     ctx: StageContext, reason: str, paused: bool = False, at_once: bool = False
 ) -> dict[str, Any]:
@@ -301,7 +334,7 @@ def resume(
     job = ctx.store.job(ctx.ref.job_id)
     config = ctx.config
     history = f"{job.preemptions} preemption(s), last: {reason}"
-    if not paused and job.attempt - _pauses(ctx) >= config.max_attempts:
+    if not paused and job.attempt - _pauses(ctx) - job.larger_gpu_moves >= config.max_attempts:
         return fail(ctx, f"gave up after {job.attempt} attempts (max_attempts): {history}")
     if config.capacity == "spot" and job.preemptions > config.max_preemptions:
         return fail(ctx, f"spot job preempted more than max_preemptions: {history}")

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from jobs.checkpoint_pull import (
     CheckpointNotKept,
     pull_segment_checkpoint,
     serve_checkpoint_uploads,
 )
-from jobs.errors import StageFailed
+from jobs.errors import OutOfGPUMemory, StageFailed
 from jobs.notice_handoff import hand_off_on_notice
 from jobs.pack_stages import pull_pack_checkpoints, settle_members
 from jobs.stage_base import StageContext, stage
@@ -65,7 +65,7 @@ def supervise_training(ctx: StageContext) -> dict[str, Any] | None:
         log.warning("segment %d was never picked up; sending it again", record.segment)
         _send_segment(ctx, instance, record.segment)
     elif status is SegmentStatus.FAILED:
-        raise StageFailed(f"training segment {record.segment} failed: {record.segment_error}")
+        _segment_failed(record)
     elif status is SegmentStatus.DONE:
         stop = ctx.store.job(ctx.ref.job_id).stop_requested or ""
         last = record.segment_done or stop in STOP_STATES
@@ -81,6 +81,14 @@ def supervise_training(ctx: StageContext) -> dict[str, Any] | None:
             return None
         _send_unless_held(ctx, instance, record.segment + 1)
     ctx.poll()
+
+
+def _segment_failed(record: AttemptRecord) -> NoReturn:
+    """The failed segment's error: out of memory at the smallest micro-batch moves the job to a
+    larger GPU type (jobs.oom); anything else fails it."""
+    if record.segment_out_of_memory:
+        raise OutOfGPUMemory(f"training segment {record.segment}: {record.segment_error}")
+    raise StageFailed(f"training segment {record.segment} failed: {record.segment_error}")
 
 
 def _since(moment: float | None) -> float:

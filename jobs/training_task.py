@@ -23,7 +23,8 @@ from celery import Task
 from jobs.checkpoint_restore import restore_checkpoint
 from jobs.checkpoint_upload import upload_in_background, uploads_from_here
 from jobs.notice_watch import stop_for_notice, watch_notices
-from jobs.pack_training import train_pack_segment
+from jobs.oom import record_halving
+from jobs.pack_training import injected_oom, train_pack_segment, with_halvings
 from jobs.remote import RemoteLayout
 from jobs.tracking import RunTracker
 from jobs.upload_board import UploadBoard
@@ -34,6 +35,7 @@ from queue_app.jobspec import JobConfig
 from queue_app.logs import log_context, redact
 from queue_app.statemachine import JobState, SegmentStatus
 from queue_app.store import Store
+from sae.errors import OutOfMemory
 
 if TYPE_CHECKING:
     from sae.run import TrainingRun
@@ -86,7 +88,8 @@ def _job_config(workdir: Path) -> JobConfig:
     return JobConfig.model_validate_json((workdir / "job.json").read_text())
 
 
-def _training_run(job_id: str, attempt: int, workdir: Path) -> TrainingRun:
+def _training_run(store: Store, job_id: str, attempt: int, workdir: Path) -> TrainingRun:
+    """The job's run (kept between segments), with the micro-batch halvings it has kept."""
     from sae.run import TrainingRun
 
     key = (job_id, attempt)
@@ -95,7 +98,9 @@ def _training_run(job_id: str, attempt: int, workdir: Path) -> TrainingRun:
         restore_checkpoint(
             Path(RemoteLayout(str(workdir)).restore_plan), workdir / "run" / "checkpoints"
         )
-        _runs[key] = TrainingRun(_job_config(workdir).run_config(), workdir / "run")
+        halvings = store.job(job_id).micro_batch_halvings
+        config = with_halvings(_job_config(workdir).run_config(), halvings)
+        _runs[key] = TrainingRun(config, workdir / "run", inject_oom=injected_oom(workdir))
     return _runs[key]
 
 
@@ -142,12 +147,13 @@ def train_segment(task: Task, job_id: str, attempt: int, segment: int, instance_
                 _finish(store, job_id, attempt, segment, SegmentStatus.DONE, **outcome)
                 log.info("pack segment %d done: %s", segment, outcome["member_outcomes"])
                 return
-            run = _training_run(job_id, attempt, workdir)
+            run = _training_run(store, job_id, attempt, workdir)
             result = run.train(
                 max_seconds=config.segment_minutes * 60,
                 should_stop=control.should_stop,
                 on_progress=on_progress,
                 heartbeat_path=workdir / "run" / "heartbeat.json",
+                on_oom=lambda restart: record_halving(store, job_id, attempt, restart),
             )
         except Exception as exc:
             if tracker is not None:
@@ -160,6 +166,7 @@ def train_segment(task: Task, job_id: str, attempt: int, segment: int, instance_
                 segment,
                 SegmentStatus.FAILED,
                 segment_error=redact(f"{type(exc).__name__}: {exc}")[:2000],
+                segment_out_of_memory=isinstance(exc, OutOfMemory),
             )
             return
         if tracker is not None:

@@ -146,6 +146,8 @@ def job_json(store: Store, job: JobRecord, detail: bool = False) -> dict[str, An
     }
     if detail:
         out["members"] = job.members
+        out["micro_batch_halvings"] = job.micro_batch_halvings
+        out["gpu_memory_above_gb"] = job.gpu_memory_above_gb
         out["config"] = job.job_spec.config.model_dump(mode="json", exclude_unset=True)
         out["attempts"] = [a.model_dump(mode="json") for a in store.attempts(job.job_id)]
         out["events"] = store.events(job.job_id)
@@ -170,6 +172,7 @@ def attempts_table(store: Store, job: JobRecord) -> Table:
         "reason",
         "resumed from",
         "notice hand-off",
+        "out of memory",
         "cost $",
     ):
         table.add_column(column, overflow="fold")
@@ -184,6 +187,7 @@ def attempts_table(store: Store, job: JobRecord) -> Table:
             a.end_reason or a.waiting_for or "-",
             a.resume_from or "-",
             _handoff(a),
+            "; ".join(a.out_of_memory) or "-",
             f"{cost:.4f}",
         )
     return table

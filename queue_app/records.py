@@ -132,6 +132,15 @@ class JobRecord(Record):
     """The pack job that trains this job with others on one instance (None: its own chain)."""
     members: list[str] = []
     """A pack job's members, in grid order (empty for every other job)."""
+    micro_batch_halvings: int = 0
+    """How often running out of GPU memory halved the micro-batch on the current GPU size:
+    every later segment and attempt trains with train.grad_accum_steps x 2**this (the same
+    effective batch). A move to a larger GPU type sets it back to 0 (jobs.oom)."""
+    gpu_memory_above_gb: float | None = None
+    """Set when training ran out of memory at its smallest micro-batch on a type with this
+    much GPU memory: later attempts launch only on types with more (None: any type)."""
+    larger_gpu_moves: int = 0
+    """Attempts ended to move to a larger GPU type (they do not count against max_attempts)."""
 
     @property
     def terminal(self) -> bool:
@@ -193,6 +202,12 @@ class AttemptRecord(Record):
     pulled_segment: int = 0
     """The last segment whose checkpoint is kept in the store (uploaded by the instance and
     verified, or pulled over SFTP)."""
+    segment_out_of_memory: bool = False
+    """The segment failed out of GPU memory at the smallest micro-batch (sae's OutOfMemory):
+    the next attempt runs on a larger GPU type (jobs.oom)."""
+    out_of_memory: list[str] = []
+    """What running out of GPU memory did in this attempt, one line each ("out of memory at
+    step 40; micro-batch 64 -> 32 tokens", or the move to a larger type)."""
     member_outcomes: dict[str, dict[str, Any]] = {}
     """A pack's segment: each member's outcome (`checkpoint`, `done`, `error`), by job id."""
     handoff: HandoffStatus | None = None

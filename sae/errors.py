@@ -1,5 +1,6 @@
-"""Errors `sae` raises on purpose. None is retryable: retrying the same job cannot help, so
-the fleet fails the job with the message, which names the cause and the fix.
+"""Errors `sae` raises on purpose. None is retryable: the same call cannot succeed if made
+again, so the fleet fails the job with the message, which names the cause and the fix;
+except after OutOfMemory, when it tries again on a GPU with more memory.
 
     SAEError              retryable = False for every error below
     ├── ConfigError       a config that validates alone but not against the model
@@ -7,6 +8,8 @@ the fleet fails the job with the message, which names the cause and the fix.
     ├── ModelLoadError    model missing, gated without a token, or not a causal LM
     ├── TrainingDiverged  a NaN or infinite loss (fails that SAE alone in a pack)
     └── OutOfMemory       out of GPU memory with no smaller micro-batch left to try
+                          (the fleet does not fail the job for it: its next attempt runs
+                          on a GPU type with more memory, see jobs.oom)
 """
 
 from __future__ import annotations

@@ -10,8 +10,11 @@ own optimiser step on it. A single run is a pack of one (sae.run).
   active member's position and members that are ahead skip the batches they already trained
   on, so a member whose newest checkpoint was corrupt catches up alone, bit-identically.
 - Out of memory: every member restores its newest checkpoint and retries with half the
-  micro-batch and twice the accumulation (the same effective batch); OutOfMemory once the
-  micro-batch cannot be halved. `oom_at_step` injects one torch.OutOfMemoryError (tests).
+  micro-batch and twice the accumulation (the same effective batch); `on_oom` hears of each
+  halving at once (the fleet keeps it for later segments and attempts). OutOfMemory once the
+  micro-batch cannot be halved: it must divide train.batch_tokens for the effective batch to
+  stay exact, so a power-of-two batch halves down to 1 token. `inject_oom` (tests) raises
+  torch.OutOfMemoryError at a chosen step.
 - `nan_at` (tests) feeds member i NaN activations once it has taken n steps ({i: n}): its
   loss is NaN (reported at step n + 1) and it fails alone, as on a real divergence.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +62,15 @@ class SegmentResult(BaseModel):
     """Why this SAE failed (it takes no more steps); None while it is healthy."""
 
 
+@dataclass(frozen=True)
+class InjectedOOM:
+    """Test hook: torch.OutOfMemoryError each time the stream reaches `at_step` while some
+    member's micro-batch is above `above_micro_batch` tokens (None: only the first time)."""
+
+    at_step: int
+    above_micro_batch: int | None = None
+
+
 class PackResult(BaseModel):
     """What one `PackRun.train()` call did."""
 
@@ -74,18 +87,36 @@ def run_config_of(config: RunConfig) -> RunConfig:
     return RunConfig.model_validate(config.model_dump(include=set(RunConfig.model_fields)))
 
 
-def _with_half_micro_batch(config: RunConfig, message: str) -> RunConfig:
-    """`config` with twice the gradient accumulation (OutOfMemory when that is impossible)."""
+def with_micro_batch_halved(config: RunConfig, times: int = 1) -> RunConfig:
+    """`config` with 2**`times` the gradient accumulation: the same effective batch in
+    micro-batches 2**`times` smaller (ConfigError when they would not divide the batch)."""
     raw = config.model_dump()
-    raw["train"]["grad_accum_steps"] *= 2
+    raw["train"]["grad_accum_steps"] *= 2**times
     try:
         return RunConfig.model_validate(raw)
     except ValidationError:
+        raise ConfigError(
+            f"a micro-batch of {config.train.micro_batch_tokens} tokens cannot be halved "
+            f"{times} time(s) (train.batch_tokens / train.grad_accum_steps)"
+        ) from None
+
+
+def _half_micro_batch(config: RunConfig, message: str) -> RunConfig:
+    """`config` with twice the gradient accumulation (OutOfMemory when that is impossible)."""
+    try:
+        return with_micro_batch_halved(config)
+    except ConfigError:
         raise OutOfMemory(
             f"out of memory ({message}) at a micro-batch of "
             f"{config.train.micro_batch_tokens} tokens, which cannot be halved "
             "(train.batch_tokens / train.grad_accum_steps): a GPU with more memory is needed"
         ) from None
+
+
+def _micro_batches(configs: Sequence[RunConfig]) -> str:
+    """The members' micro-batches in tokens ("64", or "64, 128" when they differ)."""
+    sizes = [config.train.micro_batch_tokens for config in configs]
+    return str(sizes[0]) if len(set(sizes)) == 1 else ", ".join(map(str, sizes))
 
 
 class PackRun:
@@ -97,7 +128,7 @@ class PackRun:
         run_dirs: Sequence[Path],
         *,
         device: str | None = None,
-        oom_at_step: int | None = None,
+        inject_oom: InjectedOOM | None = None,
         nan_at: Mapping[int, int] | None = None,
     ) -> None:
         self.configs = [run_config_of(config) for config in configs]
@@ -121,7 +152,7 @@ class PackRun:
             self.lm, self.layers, self._val_contexts(), first.train.lm_batch_size
         )
         self.oom_restarts: list[dict[str, Any]] = []
-        self._oom_at_step = oom_at_step
+        self._inject_oom = inject_oom
         self._nan_at = dict(nan_at or {})
         self._restore()
         self._segment_start = (time.monotonic(), [m.trainer.tokens for m in self.members])
@@ -158,9 +189,11 @@ class PackRun:
         should_stop: Callable[[], bool] | None = None,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         heartbeat_path: Path | None = None,
+        on_oom: Callable[[dict[str, Any]], None] | None = None,
     ) -> PackResult:
         """Train one segment: until every member is done or failed, `max_seconds` or
-        `should_stop()`; checkpoint every member in step with the stream before returning."""
+        `should_stop()`; checkpoint every member in step with the stream before returning.
+        `on_oom` gets each out-of-memory recovery's entry (see `oom_restarts`) as it happens."""
         started = time.monotonic()
         start_tokens = [member.trainer.tokens for member in self.members]
         self._segment_start = (started, start_tokens)
@@ -181,7 +214,9 @@ class PackRun:
                 out_of_memory = str(exc)  # recover below, once the traceback (and the
                 # tensors its frames hold) is gone
             if out_of_memory is not None:
-                self._recover_from_oom(out_of_memory)
+                restart = self._recover_from_oom(out_of_memory)
+                if on_oom is not None:
+                    on_oom(restart)
                 start_tokens = [member.trainer.tokens for member in self.members]
                 self._segment_start = (started, start_tokens)
                 continue
@@ -206,9 +241,7 @@ class PackRun:
     def step(self, tick: Callable[[], None] = lambda: None) -> None:
         """One batch of the stream (one LM forward, done in chunks of shuffle_buffer_tokens);
         each active member in step with it trains on it. Raises torch.OutOfMemoryError."""
-        if self._oom_at_step == self.position:
-            self._oom_at_step = None
-            raise torch.OutOfMemoryError(f"injected out-of-memory at step {self.position}")
+        self._maybe_inject_oom()
         batch = self.stream.next_batch(tick=tick)
         for index, member in enumerate(self.members):
             if not member.active or member.step != self.position:
@@ -234,23 +267,32 @@ class PackRun:
                 )
         self.position += 1
 
-    def _recover_from_oom(self, message: str) -> None:
-        """Restore every member from its newest checkpoint with half the micro-batch."""
-        configs = [_with_half_micro_batch(config, message) for config in self.configs]
-        log.warning(
-            "out of memory at step %d (%s): resuming from the newest checkpoints with "
-            "grad_accum_steps %s",
-            self.position,
-            message,
-            [c.train.grad_accum_steps for c in configs],
+    def _maybe_inject_oom(self) -> None:
+        fault = self._inject_oom
+        if fault is None or fault.at_step != self.position:
+            return
+        if fault.above_micro_batch is None:
+            self._inject_oom = None
+        elif max(c.train.micro_batch_tokens for c in self.configs) <= fault.above_micro_batch:
+            return
+        raise torch.OutOfMemoryError(f"injected out-of-memory at step {self.position}")
+
+    def _recover_from_oom(self, message: str) -> dict[str, Any]:
+        """Restore every member from its newest checkpoint with half the micro-batch; return
+        the entry recorded in `oom_restarts`."""
+        configs = [_half_micro_batch(config, message) for config in self.configs]
+        note = (
+            f"out of memory at step {self.position}; micro-batch "
+            f"{_micro_batches(self.configs)} -> {_micro_batches(configs)} tokens"
         )
-        self.oom_restarts.append(
-            {
-                "at_step": self.position,
-                "grad_accum_steps": [c.train.grad_accum_steps for c in configs],
-                "micro_batch_tokens": [c.train.micro_batch_tokens for c in configs],
-            }
-        )
+        log.warning("%s (%s): resuming from the newest checkpoints", note, message)
+        restart = {
+            "at_step": self.position,
+            "grad_accum_steps": [c.train.grad_accum_steps for c in configs],
+            "micro_batch_tokens": [c.train.micro_batch_tokens for c in configs],
+            "note": note,
+        }
+        self.oom_restarts.append(restart)
         errors = [member.error for member in self.members]
         del self.members, self.stream
         if self.device.type == "cuda":
@@ -259,6 +301,7 @@ class PackRun:
         self._restore()
         for member, error in zip(self.members, errors, strict=True):
             member.error = error
+        return restart
 
     def _checkpoint_due(self, position_then: int, time_then: float) -> bool:
         trains = [member.config.train for member in self.members if member.active]

@@ -22,7 +22,7 @@ from torch import Tensor
 from sae.checkpoint import latest_valid_checkpoint, verify_checkpoint
 from sae.config import RunConfig
 from sae.lm import LoadedLM
-from sae.pack import PackRun, SegmentResult, run_config_of
+from sae.pack import InjectedOOM, PackRun, SegmentResult, run_config_of
 from sae.trainer import SAETrainer
 
 __all__ = [
@@ -37,8 +37,15 @@ __all__ = [
 class TrainingRun:
     """Trains one SAE in `run_dir`, segment by segment, resumably."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, *, device: str | None = None) -> None:
-        self.pack = PackRun([config], [Path(run_dir)], device=device)
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        *,
+        device: str | None = None,
+        inject_oom: InjectedOOM | None = None,
+    ) -> None:
+        self.pack = PackRun([config], [Path(run_dir)], device=device, inject_oom=inject_oom)
 
     @property
     def config(self) -> RunConfig:
@@ -71,6 +78,7 @@ class TrainingRun:
         should_stop: Callable[[], bool] | None = None,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         heartbeat_path: Path | None = None,
+        on_oom: Callable[[dict[str, Any]], None] | None = None,
     ) -> SegmentResult:
         """Train one segment; see the module docstring. Raises what failed the SAE."""
 
@@ -83,6 +91,7 @@ class TrainingRun:
             should_stop=should_stop,
             on_progress=report,
             heartbeat_path=heartbeat_path,
+            on_oom=on_oom,
         )
         error = self.pack.members[0].error
         if error is not None:

@@ -36,26 +36,32 @@ class FakeProvider:
     """A provider whose instances live in a dict; thread-safe; counts the calls it gets.
 
     `launch` starts instances in `launch_status` (ACTIVE unless a test wants them to boot);
-    `fail_next` makes the next calls of one kind raise the given errors, one per call."""
+    `fail_next` makes the next calls of one kind raise the given errors, one per call;
+    `types` is what `instance_types` offers (one GPU-less type unless a test sets others)."""
 
     def __init__(self, name: str = "local", latency: ProviderLatency | None = None) -> None:
         self.name = name
         self.latency = latency or ProviderLatency()
         self.launch_status = InstanceStatus.ACTIVE
+        self.types = [InstanceType(name=FAKE_TYPE, price_per_hour=1.0, regions=[FAKE_REGION])]
         self.instances: dict[str, Instance] = {}
         self.calls: dict[str, int] = defaultdict(int)
         self._failures: dict[str, list[ProviderError]] = defaultdict(list)
         self._lock = threading.Lock()
 
     def add(
-        self, instance_id: str, name: str, status: InstanceStatus = InstanceStatus.ACTIVE
+        self,
+        instance_id: str,
+        name: str,
+        status: InstanceStatus = InstanceStatus.ACTIVE,
+        instance_type: str = FAKE_TYPE,
     ) -> Instance:
         """An instance the provider runs (as if launched earlier)."""
         instance = Instance(
             id=instance_id,
             name=name,
             status=status,
-            instance_type=FAKE_TYPE,
+            instance_type=instance_type,
             region=FAKE_REGION,
             price_per_hour=1.0,
             host="127.0.0.1",
@@ -77,7 +83,7 @@ class FakeProvider:
             self._failures[call].extend(errors)
 
     def instance_types(self) -> builtins.list[InstanceType]:
-        return [InstanceType(name=FAKE_TYPE, price_per_hour=1.0, regions=[FAKE_REGION])]
+        return list(self.types)
 
     def launch(self, request: LaunchRequest) -> Instance:
         """A new instance named `request.name`, or the live one already named so."""
@@ -86,7 +92,9 @@ class FakeProvider:
             live = [i for i in self.instances.values() if i.name == request.name]
         if live and not live[-1].status.gone:
             return live[-1]
-        return self.add(f"fake-{len(self.instances)}", request.name, self.launch_status)
+        return self.add(
+            f"fake-{len(self.instances)}", request.name, self.launch_status, request.instance_type
+        )
 
     def get(self, instance_id: str) -> Instance:
         self._call("get", self.latency.get_s)

@@ -1,5 +1,5 @@
 """Placement: the failover order of launch candidates, spec filters, the filesystem's region,
-spot until preemptions run out, and what fits."""
+spot until preemptions run out, what fits, and the GPU memory floor after out of memory."""
 
 from __future__ import annotations
 
@@ -56,3 +56,10 @@ def test_fits_checks_gpu_count_and_memory_unless_no_gpu_is_required() -> None:
     assert not fits(config(gpu=job.gpu.model_copy(update={"count": 2})), itype("x", 1, 40, []))
     cpu_job = config(gpu=job.gpu.model_copy(update={"require_gpu": False}))
     assert fits(cpu_job, itype("x", 1, 0, [], gpu_count=0))
+
+
+def test_after_out_of_memory_only_types_with_more_gpu_memory_are_candidates() -> None:
+    found = plan_launch(
+        config(), ProviderSpec(name="lambda"), StaticProvider(LIVE_TYPES), 0, gpu_memory_above_gb=40
+    )
+    assert [c.instance_type for c in found] == ["gpu_1x_h100_sxm5", "gpu_8x_a100_80gb_sxm4"]

@@ -1,7 +1,9 @@
 """`train_segment`, the GPU-side task, with a stand-in for the trainer: it records the segment's
 checkpoint and progress, runs a segment once however often its message comes, ignores a stale
 attempt's segment, records a trainer crash as a failed segment (not an exception), and stops
-when the job is asked to."""
+when the job is asked to. Out of memory: each halving of the micro-batch is kept in the job's
+record at once, a resumed attempt trains with it, and running out at the smallest micro-batch
+marks the failed segment for the move to a larger GPU (jobs.oom)."""
 
 from __future__ import annotations
 
@@ -14,9 +16,13 @@ from typing import Any
 import pytest
 
 import jobs.training_task
+import sae.run
+from jobs.pack_training import FAULTS_FILE
 from jobs.training_task import train_segment
 from queue_app.statemachine import JobState
 from sae.checkpoint import checkpoint_name
+from sae.errors import OutOfMemory
+from sae.pack import InjectedOOM
 from tests.jobs.stage_world import StageWorld
 
 S = JobState
@@ -33,11 +39,13 @@ class Segment:
 
 
 class Trainer:
-    """Trains one 4-step segment per call; `crash` makes it raise instead."""
+    """Trains one 4-step segment per call; `crash` makes it raise instead; `oom_restarts`
+    are reported to `on_oom` first, as sae.pack reports its halvings of the micro-batch."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir, self.calls = run_dir, 0
         self.crash: Exception | None = None
+        self.oom_restarts: list[dict[str, Any]] = []
 
     def train(
         self,
@@ -45,8 +53,11 @@ class Trainer:
         should_stop: Callable[[], bool],
         on_progress: Callable[[dict[str, Any]], None],
         heartbeat_path: Path,
+        on_oom: Callable[[dict[str, Any]], None],
     ) -> Segment:
         self.calls += 1
+        for restart in self.oom_restarts:
+            on_oom(restart)
         if self.crash is not None:
             raise self.crash
         step = 4 * self.calls
@@ -119,9 +130,10 @@ def test_a_trainer_crash_is_a_failed_segment_not_an_exception(
     trainer.crash = RuntimeError("CUDA out of memory")
     job_id = _send(stage_world)
     record = stage_world.attempt(job_id)
-    assert (record.segment_status, record.segment_error) == (
+    assert (record.segment_status, record.segment_error, record.segment_out_of_memory) == (
         "failed",
         "RuntimeError: CUDA out of memory",
+        False,
     )
 
 
@@ -131,3 +143,46 @@ def test_a_segment_stops_when_the_job_is_asked_to(
     stage_world.store.update_job("sw1-0000", 1, stop_requested="cost_cap")
     job_id = _send(stage_world)
     assert stage_world.attempt(job_id).segment_stopped is True
+
+
+def test_each_halving_of_the_micro_batch_is_kept_for_later_attempts(
+    stage_world: StageWorld, trainer: Trainer
+) -> None:
+    note = "out of memory at step 5; micro-batch 512 -> 256 tokens"
+    trainer.oom_restarts = [{"at_step": 5, "note": note}]
+    job_id = _send(stage_world)
+    assert stage_world.job(job_id).micro_batch_halvings == 1
+    assert stage_world.attempt(job_id).out_of_memory == [note]
+    assert stage_world.attempt(job_id).segment_status == "done"
+
+
+def test_out_of_memory_at_the_smallest_micro_batch_marks_the_failed_segment(
+    stage_world: StageWorld, trainer: Trainer
+) -> None:
+    trainer.crash = OutOfMemory("out of memory at a micro-batch of 1 tokens")
+    job_id = _send(stage_world)
+    record = stage_world.attempt(job_id)
+    assert (record.segment_status, record.segment_out_of_memory) == ("failed", True)
+    assert record.segment_error == "OutOfMemory: out of memory at a micro-batch of 1 tokens"
+
+
+def test_a_resumed_attempt_trains_with_the_kept_halvings_and_the_injected_fault(
+    stage_world: StageWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = stage_world.sweep()
+    workdir = tmp_path / "instance"
+    workdir.mkdir()
+    (workdir / "job.json").write_text(json.dumps(stage_world.job(job_id).spec["config"]))
+    (workdir / FAULTS_FILE).write_text(json.dumps({"oom_at": {"step": 3, "above_micro_batch": 64}}))
+    stage_world.launch(job_id, S.TRAINING)
+    stage_world.store.update_job(job_id, 1, micro_batch_halvings=2)
+    stage_world.store.transition(job_id, 1, S.PREEMPTED)
+    stage_world.store.begin_attempt(job_id, 2)
+    built: dict[str, Any] = {}
+    monkeypatch.setattr(
+        sae.run, "TrainingRun", lambda config, run_dir, **kw: built.update(kw, config=config)
+    )
+    jobs.training_task._training_run(stage_world.store, job_id, 2, workdir)
+    spec_accum = stage_world.job(job_id).job_spec.config.train.grad_accum_steps
+    assert built["config"].train.grad_accum_steps == 4 * spec_accum
+    assert built["inject_oom"] == InjectedOOM(at_step=3, above_micro_batch=64)

@@ -187,3 +187,13 @@ def test_the_attempts_table_shows_a_noticed_attempts_checkpoint_hand_off(store: 
     )
     console.print(attempts_table(store, store.job(job.job_id)))
     assert "kept (step-0000000007)" in console.export_text()
+
+
+def test_the_attempts_table_says_what_out_of_memory_did(store: Store) -> None:
+    [job] = make_sweep(store, "swoom", [JobState.TRAINING], now=NOW)
+    store.start_first_attempt(job.job_id)
+    note = "out of memory at step 40; micro-batch 64 -> 32 tokens"
+    store.update_attempt(job.job_id, 1, out_of_memory=[note])
+    console = Console(width=300, record=True)
+    console.print(attempts_table(store, store.job(job.job_id)))
+    assert note in console.export_text()

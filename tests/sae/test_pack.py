@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from sae.checkpoint import list_checkpoints
 from sae.errors import ConfigError, OutOfMemory
-from sae.pack import PackRun
+from sae.pack import InjectedOOM, PackRun, with_micro_batch_halved
 from sae.pack_rules import check_packable, stream_key
 from sae.run import TrainingRun
 from tests.sae.conftest import tiny_config
@@ -111,20 +111,56 @@ def test_a_member_with_a_corrupt_checkpoint_falls_back_alone(tiny_lm, corpus, st
 def test_out_of_memory_resumes_with_half_the_micro_batch(tiny_lm, corpus, straight, tmp_path):
     configs = members(tiny_lm, corpus, checkpoint_every_tokens=1024)
     dirs = [tmp_path / "a", tmp_path / "b"]
-    pack = PackRun(configs, dirs, oom_at_step=5)
-    result = pack.train()
+    pack = PackRun(configs, dirs, inject_oom=InjectedOOM(at_step=5))
+    heard: list[dict[str, Any]] = []
+    result = pack.train(on_oom=heard.append)
     assert result.oom_restarts == [
-        {"at_step": 5, "grad_accum_steps": [2, 2], "micro_batch_tokens": [256, 256]}
+        {
+            "at_step": 5,
+            "grad_accum_steps": [2, 2],
+            "micro_batch_tokens": [256, 256],
+            "note": "out of memory at step 5; micro-batch 512 -> 256 tokens",
+        }
     ]
+    assert heard == result.oom_restarts
     assert all(m.done and m.step == STEPS for m in result.members)
-    for ours, theirs in zip(dirs, straight, strict=True):  # the same math, float-close
-        for name, tensor in weights(ours).items():
-            assert torch.allclose(tensor, weights(theirs)[name], atol=1e-4), name
+    assert_close_weights(dirs, straight)
+
+
+def assert_close_weights(ours: list[Path], theirs: list[Path]) -> None:
+    """The same math in other micro-batches: equal up to float summation order."""
+    for mine, other in zip(ours, theirs, strict=True):
+        for name, tensor in weights(mine).items():
+            assert torch.allclose(tensor, weights(other)[name], atol=1e-4), name
+
+
+def test_out_of_memory_halves_until_the_micro_batch_fits(tiny_lm, corpus, straight, tmp_path):
+    configs = members(tiny_lm, corpus, checkpoint_every_tokens=1024)
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    fault = InjectedOOM(at_step=3, above_micro_batch=128)
+    result = PackRun(configs, dirs, inject_oom=fault).train()
+    assert [r["micro_batch_tokens"] for r in result.oom_restarts] == [[256, 256], [128, 128]]
+    assert all(m.done and m.step == STEPS for m in result.members)
+    assert_close_weights(dirs, straight)
+
+
+def test_a_new_process_resumes_with_the_halved_micro_batch(tiny_lm, corpus, straight, tmp_path):
+    """What the fleet's next attempt does: the recorded halvings applied to the job's config,
+    the newest checkpoint restored, the same effective batch."""
+    configs = members(tiny_lm, corpus)
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    PackRun(configs, dirs).train(should_stop=stop_after(3))
+    halved = [with_micro_batch_halved(config, 2) for config in configs]
+    resumed = PackRun(halved, dirs)
+    assert [m.config.train.micro_batch_tokens for m in resumed.members] == [128, 128]
+    assert resumed.position == 3
+    assert all(m.done for m in resumed.train().members)
+    assert_close_weights(dirs, straight)
 
 
 def test_out_of_memory_at_the_smallest_micro_batch_says_so(tiny_lm, corpus, tmp_path):
     config = tiny_config(tiny_lm, corpus, train={"total_tokens": 1024, "grad_accum_steps": 512})
-    pack = PackRun([config], [tmp_path / "a"], oom_at_step=0)
+    pack = PackRun([config], [tmp_path / "a"], inject_oom=InjectedOOM(at_step=0))
     with pytest.raises(OutOfMemory, match="cannot be halved"):
         pack.train()
 
