@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jobs.checkpoint_restore import restore_checkpoint
+from jobs.remote import RemoteLayout
 from queue_app.pack_mirror import following_members
 from queue_app.store import Store
 
@@ -39,6 +41,12 @@ def pack_run(store: Store, job_id: str, attempt: int, members: list[str], workdi
     key = (job_id, attempt, tuple(members))
     if key not in _packs:
         _packs.clear()  # one pack per instance: a new member set restores from its checkpoints
+        layout = RemoteLayout(str(workdir))
+        for member in members:  # a resumed attempt's checkpoints, downloaded from the store
+            restore_checkpoint(
+                Path(layout.member_restore_plan(member)),
+                Path(layout.member_checkpoints_dir(member)),
+            )
         configs = [record.job_spec.config.run_config() for record in store.jobs(members)]
         nan_at = _faults(workdir).get("nan_at", {})
         _packs[key] = PackRun(

@@ -139,6 +139,8 @@ def train_segment(task: Task, job_id: str, attempt: int, segment: int, instance_
                     control.should_stop,
                     control.on_progress,
                 )
+                if uploads_from_here():
+                    _upload_member_checkpoints(store, attempt, segment, workdir, outcome)
                 _finish(store, job_id, attempt, segment, SegmentStatus.DONE, **outcome)
                 log.info("pack segment %d done: %s", segment, outcome["member_outcomes"])
                 return
@@ -185,6 +187,19 @@ def train_segment(task: Task, job_id: str, attempt: int, segment: int, instance_
             result.step,
             "finished" if result.done else "stopped" if result.stopped else "time up",
         )
+
+
+def _upload_member_checkpoints(
+    store: Store, attempt: int, segment: int, workdir: Path, outcome: dict[str, Any]
+) -> None:
+    """Each pack member's checkpoint goes to the store in the background, on the member's own
+    upload board (all of the segment's at one stream position)."""
+    outbox = Path(RemoteLayout(str(workdir)).upload_outbox)
+    for member, member_outcome in outcome["member_outcomes"].items():
+        if member_outcome["checkpoint"]:
+            board = UploadBoard(store.r, member, attempt)
+            checkpoint = workdir / "run" / member_outcome["checkpoint"]
+            upload_in_background(board, segment, checkpoint, outbox / member)
 
 
 def _tracker(
