@@ -95,7 +95,9 @@ def settle_members(ctx: StageContext, instance: InstanceRecord, record: AttemptR
         elif outcome.get("done"):
             _collect_member(ctx, instance, member_id)
         elif stop == "cost_cap":
-            _leave(ctx, member_id, JobState.COST_CAPPED, "stopped on request (cost_cap)")
+            kept = ctx.store.job(member_id).latest_checkpoint or "none was taken"
+            why = f"stopped on request (cost_cap); last checkpoint kept: {kept}"
+            _leave(ctx, member_id, JobState.COST_CAPPED, why)
     _record_leavers(ctx, instance)
     return not following_members(ctx.store, ctx.ref.job_id, attempt)
 

@@ -4,9 +4,9 @@ this module (through jobs.training_task).
 
 A segment ends, as a single job's does, on its time limit, when asked to stop, or when every
 member is done; and also as soon as a member leaves the pack on the control plane (cancelled,
-capped): the next segment trains the rest. Each member's outcome (its checkpoint relative to
-`run/`, done, its own error) goes into the attempt record's `member_outcomes` for
-`supervise_training` to settle (jobs.pack_supervise).
+capped) or is asked to stop (its own cost cap): the next segment trains the rest. Each
+member's outcome (its checkpoint relative to `run/`, done, its own error) goes into the attempt
+record's `member_outcomes` for `supervise_training` to settle (jobs.pack_stages).
 
 Test hook: `$SAEFLEET_WORKDIR/faults.json`, `{"nan_at": {"<member job id>": <step>}}`, read when
 the pack's run is built, makes that member's loss NaN once it has taken that many steps
@@ -63,7 +63,8 @@ def _faults(workdir: Path) -> dict[str, Any]:
 
 
 class MemberWatch:
-    """Stops the segment once the pack's following members differ from `members`."""
+    """Stops the segment once one of `members` leaves the pack or is asked to stop (its own
+    cost cap: the member leaves at the segment's end)."""
 
     def __init__(self, store: Store, job_id: str, attempt: int, members: list[str]) -> None:
         self.store, self.job_id, self.attempt, self.members = store, job_id, attempt, members
@@ -74,7 +75,10 @@ class MemberWatch:
         if now - self._checked < MEMBER_CHECK_INTERVAL_S:
             return False
         self._checked = now
-        return following_members(self.store, self.job_id, self.attempt) != self.members
+        return any(
+            m.terminal or m.attempt != self.attempt or m.stop_requested
+            for m in self.store.jobs(self.members)
+        )
 
 
 def train_pack_segment(

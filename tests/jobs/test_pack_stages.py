@@ -160,6 +160,28 @@ def test_members_upload_in_the_background_and_one_that_is_not_kept_fails_alone(
     assert [m["kwargs"]["segment"] for m in stage_world.sent] == [1, 2, 3]
 
 
+def test_a_member_stopped_for_its_cost_cap_leaves_with_its_checkpoint_kept(
+    stage_world: StageWorld, tmp_path: Path
+) -> None:
+    pack_id, (capped, plain) = stage_world.pack(members=2)
+    instance = stage_world.launch(pack_id, S.TRAINING, provider="lambda")  # pulled over SFTP
+    stage_world.store.update_instance(instance.instance_id, members=[capped, plain])
+    instance = stage_world.store.instance(instance.instance_id)
+    stage_world.deliver(supervise_training, pack_id)
+    stage_world.store.update_job(capped, 1, stop_requested="cost_cap")  # by the watchdog
+    outcomes = {m: {"checkpoint": True, "done": False, "error": None} for m in (capped, plain)}
+    _segment(stage_world, pack_id, instance, 1, outcomes, tmp_path)
+
+    assert stage_world.deliver(supervise_training, pack_id).state == "RETRY"
+
+    member = stage_world.job(capped)
+    assert member.state is S.COST_CAPPED
+    assert member.reason == "stopped on request (cost_cap); last checkpoint kept: step-0000000004"
+    assert stage_world.job(plain).state is S.TRAINING
+    assert list(stage_world.store.instance(instance.instance_id).member_left_at) == [capped]
+    assert [m["kwargs"]["segment"] for m in stage_world.sent] == [1, 2]  # the pack trains on
+
+
 def test_a_member_hands_the_chord_its_result_once_its_cost_is_final(
     stage_world: StageWorld,
 ) -> None:

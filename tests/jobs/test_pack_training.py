@@ -15,7 +15,7 @@ import jobs.training_task
 from jobs.checkpoint_restore import restore_plan
 from jobs.checkpoint_upload import UPLOAD_ENV
 from jobs.checkpoints import pulled_checkpoint_dir, store_pulled_checkpoint
-from jobs.pack_training import pack_run
+from jobs.pack_training import MemberWatch, pack_run
 from jobs.remote import RemoteLayout
 from jobs.training_task import train_segment
 from jobs.upload_board import UploadBoard
@@ -95,3 +95,20 @@ def test_each_members_checkpoint_is_uploaded_on_its_own_board(
         )
     ]  # the member that failed wrote none
     assert stage_world.attempt(pack_id).member_outcomes == outcomes
+
+
+def test_the_segment_ends_when_a_member_is_asked_to_stop_or_leaves(
+    stage_world: StageWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jobs.pack_training, "MEMBER_CHECK_INTERVAL_S", 0.0)
+    pack_id, (capped, cancelled, plain) = stage_world.pack()
+    stage_world.launch(pack_id, JobState.TRAINING)
+    watch = MemberWatch(stage_world.store, pack_id, 1, [capped, cancelled, plain])
+    assert not watch.changed()
+
+    stage_world.store.update_job(capped, 1, stop_requested="cost_cap")  # its own cost cap
+    assert watch.changed()
+
+    watch = MemberWatch(stage_world.store, pack_id, 1, [cancelled, plain])
+    stage_world.store.transition(cancelled, 1, JobState.CANCELLED, reason="by hand")
+    assert watch.changed()

@@ -62,13 +62,14 @@ class FakeFleet:
         self.store.start_first_attempt(job_id)
         return job_id
 
-    def pack(self, members: int = 3, **job: Any) -> tuple[str, list[str]]:
-        """A sweep of `members` jobs (`job`: dotted overrides of the tiny job) in one pack
-        job, QUEUED on its first attempt; returns (pack id, member ids)."""
+    def pack(
+        self, members: int = 3, own: dict[int, dict[str, Any]] | None = None
+    ) -> tuple[str, list[str]]:
+        """A sweep of `members` tiny jobs in one pack job, QUEUED on its first attempt
+        (`own[i]`: dotted overrides of member i's job); returns (pack id, member ids)."""
         self._jobs += 1
         sweep_id = f"sw{self._jobs}"
         now = time.time()
-        spec = {"config": tiny_job("tiny-lm", "c.jsonl", **job), "provider": {"name": "local"}}
         jobs = [
             JobRecord(
                 job_id=f"{sweep_id}-{i:04d}",
@@ -77,7 +78,11 @@ class FakeFleet:
                 name=f"k{i}",
                 state=S.QUEUED,
                 attempt=1,
-                spec={**spec, "overrides": {}},
+                spec={
+                    "config": tiny_job("tiny-lm", "c.jsonl", **(own or {}).get(i, {})),
+                    "provider": {"name": "local"},
+                    "overrides": {},
+                },
                 created_at=now,
                 updated_at=now,
                 pack_id=f"{sweep_id}-p000",
