@@ -89,8 +89,10 @@ def train_pack_segment(
     max_seconds: float,
     should_stop: Callable[[], bool],
     on_progress: Callable[[dict[str, Any]], None],
+    on_member_progress: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train one segment of the pack; returns the segment's outcome fields."""
+    """Train one segment of the pack; returns the segment's outcome fields. `on_member_progress`
+    hears each member's progress (its W&B run, jobs.tracking)."""
     members = following_members(store, job_id, attempt)
     if not members:
         return {"segment_done": True, "member_outcomes": {}}
@@ -101,6 +103,8 @@ def train_pack_segment(
         on_progress({k: v for k, v in snapshot.items() if k != "members"})
         for member, progress in zip(members, snapshot["members"], strict=True):
             store.update_job(member, attempt, progress={**progress, "updated_at": time.time()})
+            if on_member_progress is not None:
+                on_member_progress(member, progress)
 
     result = run.train(
         max_seconds=max_seconds,
