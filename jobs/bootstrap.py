@@ -157,7 +157,9 @@ def _hand_over_member_checkpoints(
         if resume_from is None:
             continue
         ctx.store.update_attempt(job_id, ctx.ref.attempt, resume_from=resume_from)
-        ctx.store.update_job(job_id, ctx.ref.attempt, resume_from=resume_from)
+        ctx.store.update_job(  # the newest that verifies: the one handed off on a notice too
+            job_id, ctx.ref.attempt, resume_from=resume_from, latest_checkpoint=resume_from
+        )
         log.info("attempt %d of %s resumes from %s", ctx.ref.attempt, job_id, resume_from)
 
 
