@@ -12,6 +12,8 @@ import pytest
 from jobs.objectstore import checkpoints_prefix, open_store, verify_folder
 from ops.steps import StepReport
 from ops.stopping import cancel_job, stop_training
+from ops.teardown import TEARDOWN_REASON, stop_provisioning
+from ops.teardown_providers import Fleet
 from queue_app.settings import Settings
 from queue_app.statemachine import JobState
 from queue_app.store import Store
@@ -86,3 +88,21 @@ def test_a_pack_stops_with_every_members_checkpoint_kept(fake_store: Store, tmp_
             open_store(settings),
             f"{checkpoints_prefix(member.sweep_id, member.job_id)}/step-0000000024",
         )
+
+
+def test_a_packs_members_are_cancelled_each_naming_its_own_checkpoint(
+    fake_store: Store, tmp_path: Path
+) -> None:
+    fleet = FakeFleet(fake_store, Settings(home=tmp_path))
+    pack_id, members = fleet.pack(members=2)
+    fleet.launch(pack_id, JobState.BOOTSTRAPPING)
+    own = {members[0]: "step-0000000016", members[1]: "step-0000000008"}
+    for job_id, name in {**own, pack_id: "step-0000000016"}.items():
+        fake_store.update_job(job_id, 1, latest_checkpoint=name)
+
+    stop_provisioning(fake_store, Fleet(), StepReport(None))
+
+    assert fake_store.job(pack_id).state is JobState.CANCELLED
+    for member in fake_store.jobs(members):
+        assert member.state is JobState.CANCELLED
+        assert member.reason == f"{TEARDOWN_REASON}; last checkpoint kept: {own[member.job_id]}"
