@@ -26,7 +26,8 @@ from queue_app.jobspec import JobConfig
 from queue_app.statemachine import JobState
 from sae.checkpoint import checkpoint_name
 from tests.jobs.stage_world import StageWorld
-from tests.support.wandb_offline import offline_runs
+from tests.support.waiting import wait_for
+from tests.support.wandb_offline import OfflineRun, offline_runs
 
 KEY = "wandb-key-that-must-never-be-logged-0123456789"
 TRACKING = {"wandb_project": "sae-sweeps", "wandb_entity": "interp-team"}
@@ -198,8 +199,15 @@ def test_each_pack_member_logs_to_its_own_run(
     stage_world.launch(pack_id, JobState.TRAINING)
     send(stage_world, pack_id, 1)
 
-    runs = {run.run_id: run for run in offline_runs(instance_dir)}
-    assert set(runs) == {wandb_run_id(m) for m in members}  # none for the pack job itself
+    ids = {wandb_run_id(m) for m in members}  # none for the pack job itself
+
+    def written() -> dict[str, OfflineRun] | None:
+        """Both runs, once wandb's service has written each one's records (it does so after
+        `finish` returns, on its own time, with two runs open at once)."""
+        runs = {run.run_id: run for run in offline_runs(instance_dir)}
+        return runs if set(runs) == ids and all(r.summary for r in runs.values()) else None
+
+    runs = wait_for("both members' offline runs", written, timeout_s=30)
     first, second = (runs[wandb_run_id(m)] for m in members)
     assert (first.group, first.name, second.name) == ("sw1", "k0", "k1")
     assert [h["train/loss"] for h in first.history] == [1.0, 0.5, 1 / 3, 0.25]
