@@ -105,9 +105,11 @@ def _upload(
     script = _start_script(ctx, instance, layout, remote_wheel)
     ssh.put_bytes(script.encode(), layout.start_script, mode=0o700)
     if ctx.job.members:
-        _push_member_checkpoints(ctx, ssh, layout)
+        _hand_over_member_checkpoints(ctx, ssh, instance, layout)
         return
-    resume_from = _hand_over_checkpoint(ctx, ssh, instance, layout)
+    resume_from = _hand_over_checkpoint(
+        ctx, ssh, instance, ctx.ref.job_id, layout.restore_plan, layout.checkpoints_dir
+    )
     if resume_from is not None:
         ctx.update_attempt(resume_from=resume_from)
         ctx.store.update_job(ctx.ref.job_id, ctx.ref.attempt, resume_from=resume_from)
@@ -115,35 +117,50 @@ def _upload(
 
 
 def _hand_over_checkpoint(
-    ctx: StageContext, ssh: SSHSession, instance: InstanceRecord, layout: RemoteLayout
+    ctx: StageContext,
+    ssh: SSHSession,
+    instance: InstanceRecord,
+    job_id: str,
+    plan_file: str,
+    checkpoints_dir: str,
 ) -> str | None:
-    """The newest checkpoint that verifies in the store, for the instance: a restore plan it
-    downloads from the store itself, or (an instance that cannot reach the store) the folder
-    pushed over SFTP. Its name, or None when the job has none."""
-    sweep_id, job_id = ctx.ref.sweep_id, ctx.ref.job_id
+    """The newest checkpoint of `job_id` that verifies in the store, for the instance: a
+    restore plan (`plan_file`) it downloads from the store itself, or (an instance that cannot
+    reach the store) the folder pushed over SFTP into `checkpoints_dir`. Its name, or None
+    when the job has none."""
+    sweep_id = ctx.ref.sweep_id
     if instance_uploads(instance, ctx.settings):
         plan = restore_plan(ctx.settings, sweep_id, job_id)
         if plan is not None:
-            ssh.put_bytes(plan.model_dump_json().encode(), layout.restore_plan, mode=0o600)
+            ssh.put_bytes(plan.model_dump_json().encode(), plan_file, mode=0o600)
         return plan.name if plan else None
     checkpoint = newest_stored_checkpoint(ctx.settings, sweep_id, job_id)
     if checkpoint is not None:
-        _upload_dir(ssh, checkpoint, posixpath.join(layout.checkpoints_dir, checkpoint.name))
+        _upload_dir(ssh, checkpoint, posixpath.join(checkpoints_dir, checkpoint.name))
     return checkpoint.name if checkpoint else None
 
 
-def _push_member_checkpoints(ctx: StageContext, ssh: SSHSession, layout: RemoteLayout) -> None:
-    """A pack: each member resumes from its own newest checkpoint, pushed over SFTP."""
-    members = following_members(ctx.store, ctx.ref.job_id, ctx.ref.attempt)
-    for job_id in members:
-        checkpoint = newest_stored_checkpoint(ctx.settings, ctx.ref.sweep_id, job_id)
-        if checkpoint is None:
+def _hand_over_member_checkpoints(
+    ctx: StageContext, ssh: SSHSession, instance: InstanceRecord, layout: RemoteLayout
+) -> None:
+    """A pack: each member resumes from its own newest checkpoint that verifies (a member
+    whose newest is corrupt falls back alone)."""
+    for job_id in following_members(ctx.store, ctx.ref.job_id, ctx.ref.attempt):
+        resume_from = _hand_over_checkpoint(
+            ctx,
+            ssh,
+            instance,
+            job_id,
+            layout.member_restore_plan(job_id),
+            layout.member_checkpoints_dir(job_id),
+        )
+        if resume_from is None:
             continue
-        checkpoints_dir = posixpath.join(layout.run_dir, job_id, "checkpoints")
-        _upload_dir(ssh, checkpoint, posixpath.join(checkpoints_dir, checkpoint.name))
-        ctx.store.update_attempt(job_id, ctx.ref.attempt, resume_from=checkpoint.name)
-        ctx.store.update_job(job_id, ctx.ref.attempt, resume_from=checkpoint.name)
-        log.info("attempt %d of %s resumes from %s", ctx.ref.attempt, job_id, checkpoint.name)
+        ctx.store.update_attempt(job_id, ctx.ref.attempt, resume_from=resume_from)
+        ctx.store.update_job(  # the newest that verifies: the one handed off on a notice too
+            job_id, ctx.ref.attempt, resume_from=resume_from, latest_checkpoint=resume_from
+        )
+        log.info("attempt %d of %s resumes from %s", ctx.ref.attempt, job_id, resume_from)
 
 
 def _secrets_env(ctx: StageContext) -> str:

@@ -5,9 +5,9 @@ kept only once it verifies in the store, whoever brought it there.
 Instances upload their checkpoints themselves, in the background (jobs.checkpoint_upload), when
 they can reach the store (jobs.upload_grants.instance_uploads): here the caller serves the
 attempt's upload board and learns whether the segment's checkpoint is kept yet. Otherwise (a
-cloud instance with the file store, which only this host's disk holds; a pack's members, whose
-uploads are not built yet) the checkpoint is pulled over SFTP into the store's folder and
-verified there, while the GPU waits.
+cloud instance with the file store, which only this host's disk holds) the checkpoint is
+pulled over SFTP into the store's folder and verified there, while the GPU waits. A pack's
+members go the same way, each on its own board (jobs.pack_checkpoints).
 
 Only one process serves or pulls a job's checkpoints at a time (a renewed Redis lease); the
 others are told so and look again later. SSH errors (`jobs.ssh.SSHError`) pass through.
@@ -54,7 +54,7 @@ def pull_segment_checkpoint(
     """Bring the checkpoint of `record`'s finished segment into the store and verify it there;
     record it as the job's latest. False while it is not kept yet: its upload is still going on,
     or another process holds the job's lease right now."""
-    if instance_uploads(instance, settings) and not job.pack_id:
+    if instance_uploads(instance, settings):
         if not record.segment_checkpoint:
             raise CheckpointNotKept(f"segment {record.segment} finished without a checkpoint")
         with store.lease(_lease_name(job.job_id), PULL_LEASE_S, renew=True) as held:

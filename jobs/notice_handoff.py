@@ -7,9 +7,10 @@ On a notice (job PREEMPTING, jobs.notice_watch) `supervise_training` calls
 from provision), leaving the noticed instance running. From then on:
 
 - `notice_handoff` owns the noticed attempt: it waits for the noticed segment to end, pulls
-  its checkpoint into the store, closes the hand-off KEPT (or LOST: no checkpoint, one that
-  does not verify, an instance the provider lost, or HANDOFF_WAIT_S gone by) and terminates
-  the noticed instance. It runs on the watchdog's queue, which stays consumed through a drain.
+  its checkpoint into the store (a pack's: every member's, each into its own place), closes
+  the hand-off KEPT (or LOST: no checkpoint, one that does not verify, an instance the
+  provider lost, or HANDOFF_WAIT_S gone by) and terminates the noticed instance. It runs on
+  the watchdog's queue, which stays consumed through a drain.
 - While the hand-off is open the noticed attempt, stale as it is, may still write its own
   attempt record (the segment's end on the instance, the pull's record): the one exception to
   the attempt fence (queue_app.statemachine.HandoffStatus). The job's record stays fenced.
@@ -150,7 +151,7 @@ def _look(store: Store, settings: Settings, job: JobRecord, record: AttemptRecor
     if record.segment_status is not SegmentStatus.DONE:
         raise _NotHandedOff(record.segment_error or "no segment wrote a checkpoint")
     try:
-        name = store_segment_checkpoint(store, settings, job, instance, record)
+        name = _keep_noticed(store, settings, job, instance, record)
     except CheckpointNotKept as exc:
         raise _NotHandedOff(str(exc)) from None
     except JobsError as exc:
@@ -166,6 +167,39 @@ def _look(store: Store, settings: Settings, job: JobRecord, record: AttemptRecor
     )
     log.info("checkpoint %s written on notice is handed off", name)
     return None
+
+
+def _keep_noticed(
+    store: Store,
+    settings: Settings,
+    job: JobRecord,
+    instance: InstanceRecord,
+    record: AttemptRecord,
+) -> str | None:
+    """Pull the checkpoint written on notice into the store (a pack's: every member's, into the
+    member's own place; one that does not verify is left out, and that member resumes from
+    its previous one); its name (a pack's: the stream position), None while another process
+    pulls. CheckpointNotKept when nothing is kept."""
+    if not job.members:
+        return store_segment_checkpoint(store, settings, job, instance, record)
+    names = []
+    for member_id, outcome in record.member_outcomes.items():
+        if not outcome.get("checkpoint"):
+            continue
+        own = record.model_copy(
+            update={"job_id": member_id, "segment_checkpoint": outcome["checkpoint"]}
+        )
+        try:
+            name = store_segment_checkpoint(store, settings, store.job(member_id), instance, own)
+        except CheckpointNotKept as exc:
+            log.warning("member %s's checkpoint written on notice is not kept: %s", member_id, exc)
+            continue
+        if name is None:
+            return None
+        names.append(name)
+    if not names:
+        raise CheckpointNotKept("no member's checkpoint written on notice is kept")
+    return max(names)
 
 
 def _unless_lost(settings: Settings, job: JobRecord, instance: InstanceRecord) -> float:

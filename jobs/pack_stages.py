@@ -5,9 +5,9 @@ This module holds what is a member's own:
 - `follow_pack`: a member's place in the sweep chord (jobs.canvas). It polls the member's
   record and hands the chord the member's JobResult once the member is final and so is its
   cost share (every instance it trained on is gone).
-- `pull_pack_checkpoints`: after each segment, every member's checkpoint (all at the same
-  stream position) into that member's own place in the store, through the one pull function
-  (jobs.checkpoint_pull). A member whose checkpoint does not verify fails alone.
+- `pull_pack_checkpoints`: after a segment, every member's checkpoint (all at the same
+  stream position) into that member's own place in the store (jobs.pack_checkpoints: uploaded
+  in the background or pulled). A member whose checkpoint is not kept fails alone.
 - `settle_members`: after the pull, a member whose run finished is collected and SUCCEEDED, one
   that failed (NaN loss, its own error) is FAILED, one asked to stop for its cost cap is
   COST_CAPPED; a cancelled member already is. Each leaves the pack: the instance records when
@@ -25,10 +25,10 @@ import redis
 from celery import Task
 from celery.exceptions import Ignore, Reject
 
-from jobs.checkpoint_pull import CheckpointNotKept, pull_segment_checkpoint
 from jobs.collect import collect_final
 from jobs.errors import JobsError
 from jobs.job_cost import job_instances
+from jobs.pack_checkpoints import keep_pack_checkpoints
 from jobs.pipeline import FOLLOW_PACK_TASK, JobRef
 from jobs.remote import layout_for
 from jobs.results import job_result
@@ -73,24 +73,13 @@ def _cost_final(store: Store, job: JobRecord) -> bool:
 def pull_pack_checkpoints(
     ctx: StageContext, instance: InstanceRecord, record: AttemptRecord
 ) -> bool:
-    """Pull every member's checkpoint of `record`'s segment; False while another process pulls
-    one of them."""
-    for member_id, outcome in record.member_outcomes.items():
-        member = ctx.store.job(member_id)
-        if not outcome.get("checkpoint") or member.attempt != record.attempt:
-            continue
-        own = record.model_copy(
-            update={"job_id": member_id, "segment_checkpoint": outcome["checkpoint"]}
-        )
-        try:
-            if not pull_segment_checkpoint(ctx.store, ctx.settings, member, instance, own):
-                return False
-        except CheckpointNotKept as exc:
-            _leave(ctx, member_id, JobState.FAILED, f"its checkpoint is not kept: {exc}")
-    names = [posixpath.basename(o["checkpoint"]) for o in record.member_outcomes.values()]
-    if any(names):  # the stream position every member checkpointed at, for the pack's reasons
-        ctx.store.update_job(ctx.ref.job_id, record.attempt, latest_checkpoint=max(names))
-    ctx.update_attempt(pulled_segment=record.segment)
+    """Keep every member's checkpoint of `record`'s segment (jobs.pack_checkpoints); a member
+    whose checkpoint is not kept fails alone. False while one is not settled yet."""
+    checkpoints = keep_pack_checkpoints(ctx.store, ctx.settings, ctx.job, instance, record)
+    if not checkpoints.settled:
+        return False
+    for member_id, why in checkpoints.lost.items():
+        _leave(ctx, member_id, JobState.FAILED, f"its checkpoint is not kept: {why}")
     return True
 
 
@@ -106,7 +95,9 @@ def settle_members(ctx: StageContext, instance: InstanceRecord, record: AttemptR
         elif outcome.get("done"):
             _collect_member(ctx, instance, member_id)
         elif stop == "cost_cap":
-            _leave(ctx, member_id, JobState.COST_CAPPED, "stopped on request (cost_cap)")
+            kept = ctx.store.job(member_id).latest_checkpoint or "none was taken"
+            why = f"stopped on request (cost_cap); last checkpoint kept: {kept}"
+            _leave(ctx, member_id, JobState.COST_CAPPED, why)
     _record_leavers(ctx, instance)
     return not following_members(ctx.store, ctx.ref.job_id, attempt)
 

@@ -4,9 +4,9 @@ this module (through jobs.training_task).
 
 A segment ends, as a single job's does, on its time limit, when asked to stop, or when every
 member is done; and also as soon as a member leaves the pack on the control plane (cancelled,
-capped): the next segment trains the rest. Each member's outcome (its checkpoint relative to
-`run/`, done, its own error) goes into the attempt record's `member_outcomes` for
-`supervise_training` to settle (jobs.pack_supervise).
+capped) or is asked to stop (its own cost cap): the next segment trains the rest. Each
+member's outcome (its checkpoint relative to `run/`, done, its own error) goes into the attempt
+record's `member_outcomes` for `supervise_training` to settle (jobs.pack_stages).
 
 Test hooks: `$SAEFLEET_WORKDIR/faults.json`, read when a run is built (a single job's too):
 - `{"nan_at": {"<member job id>": <step>}}` makes that member's loss NaN once it has taken
@@ -27,7 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jobs.checkpoint_restore import restore_checkpoint
 from jobs.oom import record_halving
+from jobs.remote import RemoteLayout
 from queue_app.pack_mirror import following_members
 from queue_app.store import Store
 
@@ -47,6 +49,12 @@ def pack_run(store: Store, job_id: str, attempt: int, members: list[str], workdi
     key = (job_id, attempt, tuple(members))
     if key not in _packs:
         _packs.clear()  # one pack per instance: a new member set restores from its checkpoints
+        layout = RemoteLayout(str(workdir))
+        for member in members:  # a resumed attempt's checkpoints, downloaded from the store
+            restore_checkpoint(
+                Path(layout.member_restore_plan(member)),
+                Path(layout.member_checkpoints_dir(member)),
+            )
         halvings = store.job(job_id).micro_batch_halvings
         configs = [
             with_halvings(record.job_spec.config.run_config(), halvings)
@@ -85,7 +93,8 @@ def injected_oom(workdir: Path) -> InjectedOOM | None:
 
 
 class MemberWatch:
-    """Stops the segment once the pack's following members differ from `members`."""
+    """Stops the segment once one of `members` leaves the pack or is asked to stop (its own
+    cost cap: the member leaves at the segment's end)."""
 
     def __init__(self, store: Store, job_id: str, attempt: int, members: list[str]) -> None:
         self.store, self.job_id, self.attempt, self.members = store, job_id, attempt, members
@@ -96,7 +105,10 @@ class MemberWatch:
         if now - self._checked < MEMBER_CHECK_INTERVAL_S:
             return False
         self._checked = now
-        return following_members(self.store, self.job_id, self.attempt) != self.members
+        return any(
+            m.terminal or m.attempt != self.attempt or m.stop_requested
+            for m in self.store.jobs(self.members)
+        )
 
 
 def train_pack_segment(
@@ -107,8 +119,10 @@ def train_pack_segment(
     max_seconds: float,
     should_stop: Callable[[], bool],
     on_progress: Callable[[dict[str, Any]], None],
+    on_member_progress: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train one segment of the pack; returns the segment's outcome fields."""
+    """Train one segment of the pack; returns the segment's outcome fields. `on_member_progress`
+    hears each member's progress (its W&B run, jobs.tracking)."""
     members = following_members(store, job_id, attempt)
     if not members:
         return {"segment_done": True, "member_outcomes": {}}
@@ -119,6 +133,8 @@ def train_pack_segment(
         on_progress({k: v for k, v in snapshot.items() if k != "members"})
         for member, progress in zip(members, snapshot["members"], strict=True):
             store.update_job(member, attempt, progress={**progress, "updated_at": time.time()})
+            if on_member_progress is not None:
+                on_member_progress(member, progress)
 
     result = run.train(
         max_seconds=max_seconds,

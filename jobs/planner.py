@@ -10,13 +10,17 @@ from (live, the dated built-in catalog with a stale warning, or the local provid
 from __future__ import annotations
 
 from datetime import date
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict
 
 from jobs.catalog import CATALOGS
 from jobs.packs import PlannedPack, check_one_pack, group_jobs
-from jobs.placement import Candidate, allowed_types, candidates, capacity_for, usable
+from jobs.placement import allowed_types, candidates, capacity_for, usable
+from jobs.plan_models import (
+    JobEstimate,
+    PackEstimate,
+    PriceSource,
+    SweepPlan,
+    TypeEstimate,
+)
 from jobs.providers.base import Capacity, InstanceType, Provider
 from jobs.providers.errors import ProviderError
 from jobs.providers.local import INSTANCE_TYPE as LOCAL_TYPE
@@ -33,112 +37,6 @@ from jobs.throughput import (
     sae_flops_per_token,
 )
 from queue_app.jobspec import JobConfig, JobSpec, ProviderSpec
-
-PriceSource = Literal["live", "catalog", "spec"]
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-
-# ---- sweep plans -------------------------------------------------------------------------------
-
-
-class TypeEstimate(_Frozen):
-    """One instance type that fits every job of the sweep, priced for the sweep."""
-
-    instance_type: str
-    description: str
-    gpu_memory_gb: float
-    price_per_hour: float
-    regions: list[str]
-    tokens_per_s: float | None
-    hours_per_job: float | None
-    cost_per_job_usd: float | None
-    sweep_cost_usd: float | None
-    spot_price_per_hour: float | None = None
-    expected_spot_price_per_hour: float | None = None
-    """Spot per hour of progress, preemptions weighed (jobs.spot_choice); None: not weighed."""
-
-
-class JobEstimate(_Frozen):
-    """One job on the type `submit` would pick for it."""
-
-    index: int
-    name: str
-    total_tokens: int
-    instance_type: str | None
-    region: str | None
-    price_per_hour: float | None
-    tokens_per_s: float | None
-    hours: float | None
-    cost_usd: float | None
-    basis: str
-
-
-class PackEstimate(_Frozen):
-    """Jobs that share one activation stream on one instance (the pick of its first job): one
-    LM forward and every member's SAE step per token, one setup."""
-
-    jobs: list[int]
-    layers: list[int]
-    memory_gb: float | None
-    instance_type: str | None
-    hours: float | None
-    cost_usd: float | None
-    split: str | None
-    """Why the next job of this pack's group went into another pack (max_pack_size, memory)."""
-
-
-class SweepPlan(_Frozen):
-    """What `saefleet plan` shows and `sweep submit` checks against the budget (the jobs
-    one per instance, as the fleet runs them; `packs` and `packed_*` say what packing saves).
-    """
-
-    sweep: str
-    provider: str
-    capacity: Capacity
-    price_source: PriceSource
-    prices_as_of: date | None
-    setup_hours_per_job: float
-    warnings: list[str]
-    candidates: list[TypeEstimate]
-    pick: Candidate | None
-    jobs: list[JobEstimate]
-    estimated_hours: float | None
-    estimated_cost_usd: float | None
-    budget_usd: float | None
-    max_pack_size: int
-    packs: list[PackEstimate]
-    packed_hours: float | None
-    packed_cost_usd: float | None
-    preemption_rates_as_of: date | None = None
-    """The date of the preemption-rate table `auto` weighed spot with (None: not weighed)."""
-
-    @property
-    def over_budget(self) -> bool:
-        return (
-            self.budget_usd is not None
-            and self.estimated_cost_usd is not None
-            and self.estimated_cost_usd > self.budget_usd
-        )
-
-    def budget_refusal(self) -> str | None:
-        """Why `submit` refuses this sweep without --force (one line), or None."""
-        if self.budget_usd is None:
-            return None
-        if self.estimated_cost_usd is None:
-            return (
-                f"cannot estimate the cost of sweep {self.sweep} against budget_usd "
-                f"${self.budget_usd:.2f} (see `saefleet plan`); pass --force to submit anyway"
-            )
-        if not self.over_budget:
-            return None
-        return (
-            f"estimated cost ${self.estimated_cost_usd:.2f} ({len(self.jobs)} jobs, "
-            f"{self.estimated_hours or 0:.1f} instance-hours) exceeds budget_usd "
-            f"${self.budget_usd:.2f}: raise budget_usd, shrink the grid, or pass --force"
-        )
 
 
 def plan_sweep(spec: SweepSpec, provider: Provider | None, today: date | None = None) -> SweepPlan:

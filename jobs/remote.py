@@ -43,6 +43,14 @@ class RemoteLayout:
         """The checkpoint a resumed attempt downloads from the store (0600: it holds URLs)."""
         return self._join("restore.json")
 
+    def member_restore_plan(self, member: str) -> str:
+        """The checkpoint a pack member of a resumed attempt downloads (0600: it holds URLs)."""
+        return self._join(f"restore-{member}.json")
+
+    def member_checkpoints_dir(self, member: str) -> str:
+        """A pack member's checkpoints (its run directory is `run/<member>/`)."""
+        return self._join("run", member, "checkpoints")
+
     @property
     def upload_outbox(self) -> str:
         """Snapshots of checkpoints being uploaded to the store."""

@@ -12,7 +12,8 @@ from jobs.canvas import pack_chain, sweep_chord
 from jobs.errors import JobsError
 from jobs.instances import provider_for
 from jobs.objectstore import StoreError, open_store
-from jobs.planner import SweepPlan, plan_sweep
+from jobs.plan_models import SweepPlan
+from jobs.planner import plan_sweep
 from jobs.preflight import PreflightReport, run_preflight
 from jobs.providers import PermanentProviderError, Provider
 from jobs.spec import SweepSpec

@@ -9,8 +9,10 @@ Because it runs on the control plane, the sweep chord's slot never depends on a 
 be lost with its instance; on preemption it resumes by replacement (see jobs.stage_base).
 After an interruption notice (PREEMPTING, see jobs.notice_watch) it starts the next attempt at
 once and hands the noticed segment's checkpoint off to it (jobs.notice_handoff), while the
-noticed instance still runs. A pack job (jobs.pack_stages) pulls every member's checkpoint and
-settles the members that finished, failed or were stopped after each segment.
+noticed instance still runs. A pack job (jobs.pack_stages) keeps every member's checkpoint the
+same way (each member's upload on its own board; waited for when the pack's run ends or a
+member leaves it) and settles the members that finished, failed or were stopped after each
+segment.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from jobs.checkpoint_pull import (
 )
 from jobs.errors import OutOfGPUMemory, StageFailed
 from jobs.notice_handoff import hand_off_on_notice
+from jobs.pack_checkpoints import members_leave, serve_member_uploads
 from jobs.pack_stages import pull_pack_checkpoints, settle_members
 from jobs.stage_base import StageContext, stage
 from jobs.upload_grants import instance_uploads
@@ -53,10 +56,8 @@ def supervise_training(ctx: StageContext) -> dict[str, Any] | None:
             raise
         return hand_off_on_notice(ctx)
     instance = ctx.require_instance()
-    # A pack's members' checkpoints are pulled over SFTP: packs do not upload in the background.
-    background = instance_uploads(instance, ctx.settings) and not ctx.job.members
-    if background:  # the instance uploads each checkpoint while the next segment trains
-        serve_checkpoint_uploads(ctx.store, ctx.settings, ctx.job, ctx.ref.attempt)
+    if instance_uploads(instance, ctx.settings):  # it uploads while the next segment trains
+        _serve_uploads(ctx)
     record = ctx.attempt()
     status = record.segment_status
     if record.segment == 0:
@@ -66,21 +67,32 @@ def supervise_training(ctx: StageContext) -> dict[str, Any] | None:
         _send_segment(ctx, instance, record.segment)
     elif status is SegmentStatus.FAILED:
         _segment_failed(record)
-    elif status is SegmentStatus.DONE:
-        stop = ctx.store.job(ctx.ref.job_id).stop_requested or ""
-        last = record.segment_done or stop in STOP_STATES
-        if record.pulled_segment < record.segment and (last or not background):
-            _pull_checkpoint(ctx, instance, record)
-        if ctx.job.members:
-            if settle_members(ctx, instance, record):
-                return None  # every member of the pack has left it: on to collect
-        elif record.segment_done:
-            return None  # on to collect
-        if stop in STOP_STATES:
-            _stop(ctx, stop)
-            return None
-        _send_unless_held(ctx, instance, record.segment + 1)
+    elif status is SegmentStatus.DONE and _segment_ended(ctx, instance, record):
+        return None  # on to collect
     ctx.poll()
+
+
+def _segment_ended(ctx: StageContext, instance: InstanceRecord, record: AttemptRecord) -> bool:
+    """After a segment: keep its checkpoint (at once, or waited for only when it is the last:
+    the instance uploads in the background), settle a pack's members, then stop or send the
+    next segment; True when training is over."""
+    stop = ctx.store.job(ctx.ref.job_id).stop_requested or ""
+    last = record.segment_done or stop in STOP_STATES
+    if ctx.job.members:  # a member that leaves keeps this segment's checkpoint
+        last = last or members_leave(ctx.store, record)
+    background = instance_uploads(instance, ctx.settings)
+    if record.pulled_segment < record.segment and (last or not background):
+        _pull_checkpoint(ctx, instance, record)
+    if ctx.job.members:
+        if settle_members(ctx, instance, record):
+            return True  # every member of the pack has left it
+    elif record.segment_done:
+        return True
+    if stop in STOP_STATES:
+        _stop(ctx, stop)
+        return True
+    _send_unless_held(ctx, instance, record.segment + 1)
+    return False
 
 
 def _segment_failed(record: AttemptRecord) -> NoReturn:
@@ -94,6 +106,14 @@ def _segment_failed(record: AttemptRecord) -> NoReturn:
 def _since(moment: float | None) -> float:
     """Seconds since `moment` (since the epoch when it is unset)."""
     return time.time() - (moment or 0)
+
+
+def _serve_uploads(ctx: StageContext) -> None:
+    """Move on the attempt's checkpoint uploads (a pack's: each member's own board)."""
+    if ctx.job.members:
+        serve_member_uploads(ctx.store, ctx.settings, ctx.job, ctx.ref.attempt)
+    else:
+        serve_checkpoint_uploads(ctx.store, ctx.settings, ctx.job, ctx.ref.attempt)
 
 
 def _send_unless_held(ctx: StageContext, instance: InstanceRecord, segment: int) -> None:

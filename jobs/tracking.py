@@ -3,10 +3,11 @@
 Each segment opens the job's run by a fixed id (`wandb_run_id`) with `resume="allow"`, so later
 segments and resumed attempts continue the same run; the trainer's progress (loss, FVU, L0, dead
 fraction, tokens/s, learning rate) goes to it as `train/*` at the trainer's step, the final evals
-into its summary as `eval/*`. wandb reads its key from `WANDB_API_KEY`, which bootstrap puts in
-the worker's 0600 secrets file like the HF token; nothing here logs it, and the run's config is
-the job's config, which holds no secret. A wandb failure never fails training: it is logged
-(redacted) and tracking stops for that segment.
+into its summary as `eval/*`. A pack's members are tracked the same way, each its own run, open
+side by side in the pack's worker (`PackTracker`). wandb reads its key from `WANDB_API_KEY`,
+which bootstrap puts in the worker's 0600 secrets file like the HF token; nothing here logs it,
+and the run's config is the job's config, which holds no secret. A wandb failure never fails
+training: it is logged (redacted) and tracking stops for that segment.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class RunTracker:
                 entity=tracking.wandb_entity,
                 id=wandb_run_id(job.job_id),
                 resume="allow",
+                reinit="create_new",  # a pack's members: several runs open side by side
                 group=job.sweep_id,
                 name=job.name,
                 job_type="sae-train",
@@ -89,3 +91,33 @@ class RunTracker:
             reason = redact(str(exc))[:500]
             log.warning("W&B %s failed; tracking is off for this segment: %s", what, reason)
             self._run = None
+
+
+class PackTracker:
+    """One segment's handles on the W&B runs of a pack's tracked members."""
+
+    def __init__(self, runs: dict[str, RunTracker]) -> None:
+        self._runs = runs
+
+    @classmethod
+    def open(cls, members: list[JobRecord], attempt: int, workdir: Path) -> PackTracker:
+        """Open (or resume) the run of every member whose config asks for tracking."""
+        runs = {}
+        for member in members:
+            config = member.job_spec.config
+            if config.tracking is None:
+                continue
+            run = RunTracker.open(config.tracking, config, member, attempt, workdir)
+            if run is not None:
+                runs[member.job_id] = run
+        return cls(runs)
+
+    def log_progress(self, member_id: str, progress: dict[str, Any]) -> None:
+        run = self._runs.get(member_id)
+        if run is not None:
+            run.log_progress(progress)
+
+    def finish(self, evals: dict[str, dict[str, Any]] | None = None) -> None:
+        """Close every member's run, with the final evals of those that finished."""
+        for member_id, run in self._runs.items():
+            run.finish((evals or {}).get(member_id))

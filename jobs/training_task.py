@@ -11,6 +11,7 @@ redelivery. A pack job's segment trains all its members at once (jobs.pack_train
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -26,13 +27,14 @@ from jobs.notice_watch import stop_for_notice, watch_notices
 from jobs.oom import record_halving
 from jobs.pack_training import injected_oom, train_pack_segment, with_halvings
 from jobs.remote import RemoteLayout
-from jobs.tracking import RunTracker
+from jobs.tracking import PackTracker, RunTracker
 from jobs.upload_board import UploadBoard
 from queue_app.celery_app import TRAIN_SEGMENT_TASK, app
 from queue_app.connection import get_store
 from queue_app.errors import StaleAttempt
 from queue_app.jobspec import JobConfig
 from queue_app.logs import log_context, redact
+from queue_app.pack_mirror import following_members
 from queue_app.statemachine import JobState, SegmentStatus
 from queue_app.store import Store
 from sae.errors import OutOfMemory
@@ -135,15 +137,9 @@ def train_segment(task: Task, job_id: str, attempt: int, segment: int, instance_
 
         try:
             if store.job(job_id).members:
-                outcome = train_pack_segment(
-                    store,
-                    job_id,
-                    attempt,
-                    workdir,
-                    config.segment_minutes * 60,
-                    control.should_stop,
-                    control.on_progress,
-                )
+                outcome = _train_pack(store, job_id, attempt, workdir, config, control)
+                if uploads_from_here():
+                    _upload_member_checkpoints(store, attempt, segment, workdir, outcome)
                 _finish(store, job_id, attempt, segment, SegmentStatus.DONE, **outcome)
                 log.info("pack segment %d done: %s", segment, outcome["member_outcomes"])
                 return
@@ -194,12 +190,59 @@ def train_segment(task: Task, job_id: str, attempt: int, segment: int, instance_
         )
 
 
+def _train_pack(
+    store: Store, job_id: str, attempt: int, workdir: Path, config: JobConfig, control: RunControl
+) -> dict[str, Any]:
+    """One segment of a pack job (jobs.pack_training); each tracked member logs to its own W&B
+    run. Returns the segment's outcome fields."""
+    members = store.jobs(following_members(store, job_id, attempt))
+    tracker = PackTracker.open(members, attempt, workdir)
+    outcome: dict[str, Any] = {}
+    try:
+        outcome = train_pack_segment(
+            store,
+            job_id,
+            attempt,
+            workdir,
+            config.segment_minutes * 60,
+            control.should_stop,
+            control.on_progress,
+            tracker.log_progress,
+        )
+    finally:
+        tracker.finish(_final_evals(workdir, outcome.get("member_outcomes", {})))
+    return outcome
+
+
+def _final_evals(workdir: Path, outcomes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The final evals of each member that finished (its `final/metrics.json`)."""
+    evals = {}
+    for member, outcome in outcomes.items():
+        metrics = workdir / "run" / member / "final" / "metrics.json"
+        if outcome.get("done") and metrics.is_file():
+            evals[member] = json.loads(metrics.read_text()).get("evals", {})
+    return evals
+
+
+def _upload_member_checkpoints(
+    store: Store, attempt: int, segment: int, workdir: Path, outcome: dict[str, Any]
+) -> None:
+    """Each pack member's checkpoint goes to the store in the background, on the member's own
+    upload board (all of the segment's at one stream position)."""
+    outbox = Path(RemoteLayout(str(workdir)).upload_outbox)
+    for member, member_outcome in outcome["member_outcomes"].items():
+        if member_outcome["checkpoint"]:
+            board = UploadBoard(store.r, member, attempt)
+            checkpoint = workdir / "run" / member_outcome["checkpoint"]
+            upload_in_background(board, segment, checkpoint, outbox / member)
+
+
 def _tracker(
     config: JobConfig, store: Store, job_id: str, attempt: int, workdir: Path
 ) -> RunTracker | None:
     """The job's W&B run for this segment, when the job is tracked."""
     if config.tracking is None or store.job(job_id).members:
-        return None  # a pack's members are not tracked yet
+        return None  # a pack job: its members are tracked, each its own run (_train_pack)
     return RunTracker.open(config.tracking, config, store.job(job_id), attempt, workdir)
 
 

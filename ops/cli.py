@@ -94,8 +94,8 @@ def sweep_submit(
         for line in preflight.lines():
             if not line.startswith("PASSED"):
                 err.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
-        if plan.estimated_cost_usd is not None:
-            console.print(f"estimated cost: ${plan.estimated_cost_usd:.2f}")
+        if plan.fleet_cost_usd is not None:
+            console.print(f"estimated cost: ${plan.fleet_cost_usd:.2f}")
     sweep = submit_sweep(spec, jobs, store(), plan)
     if json_out and not wait:
         emit_json({"sweep_id": sweep.sweep_id, "jobs": sweep.job_ids})

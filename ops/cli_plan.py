@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
-from jobs.planner import SweepPlan, plan_sweep
+from jobs.plan_models import SweepPlan
+from jobs.planner import plan_sweep
 from jobs.providers.errors import AuthError
 from jobs.providers.lambda_cloud import LambdaCloud, from_settings, read_api_key
 from jobs.spec import SpecError, SweepSpec, load_sweep_file
@@ -190,7 +191,9 @@ def _packed_totals(plan: SweepPlan) -> str:
             f" (one job per instance: {len(plan.jobs)} instance(s), "
             f"{plan.estimated_hours:.2f} instance-hours, ${plan.estimated_cost_usd:.2f})"
         )
-    return line + "; the fleet still runs one job per instance, the budget check uses that"
+    if plan.packing:
+        return line + "; the fleet runs these packs, and the budget check uses this estimate"
+    return line + "; max_pack_size 1: the fleet runs one job per instance, the budget check too"
 
 
 def _number(value: float | None, fmt: str) -> str:

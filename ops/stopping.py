@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 
 from jobs.checkpoint_pull import CheckpointNotKept, pull_segment_checkpoint
 from jobs.objectstore import StoreError
+from jobs.pack_checkpoints import keep_pack_checkpoints
 from jobs.ssh import SSHError
 from ops.steps import StepReport
 from queue_app.errors import IllegalTransition, NotFoundError, StaleAttempt
-from queue_app.records import JobRecord
+from queue_app.pack_mirror import following_members
+from queue_app.records import AttemptRecord, InstanceRecord, JobRecord
 from queue_app.settings import Settings
 from queue_app.statemachine import JobState
 from queue_app.store import Store
@@ -68,10 +70,12 @@ def stop_training(
     store: Store, settings: Settings, report: StepReport, reason: str, timeout_s: float
 ) -> TrainingStop:
     """Ask every training job to stop at its next step; as each one's segment ends, keep its
-    checkpoint and cancel it. A segment still running after `timeout_s` is reported lost."""
-    training = [
-        j.job_id for j in store.jobs(store.job_ids(limit=100_000)) if j.state is JobState.TRAINING
-    ]
+    checkpoint and cancel it. A segment still running after `timeout_s` is reported lost. A
+    pack's members stop with their pack, which keeps each member's checkpoint (and reports
+    each member, not the pack)."""
+    live = [j for j in store.jobs(store.job_ids(limit=100_000)) if j.state is JobState.TRAINING]
+    packs = {j.job_id for j in live if j.members}
+    training = [j.job_id for j in live if j.pack_id not in packs]
     for job in store.jobs(training):
         with contextlib.suppress(StaleAttempt):  # resumed meanwhile: looked at again below
             store.update_job(job.job_id, job.attempt, stop_requested=CANCEL_REQUEST)
@@ -83,14 +87,8 @@ def stop_training(
             break
         report.note(f"waiting for {len(waiting)} segment(s) to checkpoint: {', '.join(waiting)}")
         time.sleep(POLL_S)
-    for job_id in waiting:
-        job = store.job(job_id)
-        stop.lost[job_id] = (
-            f"its segment still trained after {timeout_s:.0f}s; the steps after "
-            f"{job.latest_checkpoint or 'its start'} are lost with the instance"
-        )
-        if cancel_job(store, job_id, reason) is not None:
-            stop.cancelled[job_id] = job.latest_checkpoint or ""
+    for job in store.jobs(waiting):
+        _cancel(store, job, reason, stop, still_training_after_s=timeout_s)
     return stop
 
 
@@ -108,15 +106,63 @@ def _settle(store: Store, settings: Settings, job_id: str, reason: str, stop: Tr
         if record.segment_status == "done" and record.pulled_segment < record.segment:
             try:
                 instance = store.instance(record.instance_id or "")
-                if not pull_segment_checkpoint(store, settings, job, instance, record):
-                    return False
+                lost = _keep_checkpoint(store, settings, job, instance, record)
             except StaleAttempt:
                 return False
-            except (CheckpointNotKept, SSHError, StoreError, NotFoundError) as exc:
-                stop.lost[job_id] = f"segment {record.segment} could not be kept: {exc}"
-    cancelled = cancel_job(store, job_id, reason)
-    if cancelled is None:
-        stop.ended[job_id] = str(store.job(job_id).state)
-    else:
-        stop.cancelled[job_id] = cancelled.latest_checkpoint or ""
+            except (SSHError, StoreError, NotFoundError) as exc:
+                lost = {m: str(exc) for m in _stopping(store, job)}
+            if lost is None:
+                return False
+            for member_id, why in lost.items():
+                stop.lost[member_id] = f"segment {record.segment} could not be kept: {why}"
+    _cancel(store, job, reason, stop)
     return True
+
+
+def _keep_checkpoint(
+    store: Store,
+    settings: Settings,
+    job: JobRecord,
+    instance: InstanceRecord,
+    record: AttemptRecord,
+) -> dict[str, str] | None:
+    """Keep the finished segment's checkpoint (a pack's: every member's); the jobs whose one
+    was not kept, with why, or None while it is not settled yet."""
+    if job.members:
+        checkpoints = keep_pack_checkpoints(store, settings, job, instance, record)
+        return checkpoints.lost if checkpoints.settled else None
+    try:
+        return {} if pull_segment_checkpoint(store, settings, job, instance, record) else None
+    except CheckpointNotKept as exc:
+        return {job.job_id: str(exc)}
+
+
+def _stopping(store: Store, job: JobRecord) -> list[str]:
+    """The jobs a stop of `job` ends: itself, or a pack's members still in it."""
+    return following_members(store, job.job_id, job.attempt) if job.members else [job.job_id]
+
+
+def _cancel(
+    store: Store,
+    job: JobRecord,
+    reason: str,
+    stop: TrainingStop,
+    still_training_after_s: float | None = None,
+) -> None:
+    """Cancel the job (a pack: each member still in it first, each naming its own checkpoint,
+    then the pack); with `still_training_after_s`, its segment never ended: what it trained
+    since its newest checkpoint is lost."""
+    for job_id in _stopping(store, job):
+        if still_training_after_s is not None:
+            kept = store.job(job_id).latest_checkpoint or "its start"
+            stop.lost[job_id] = (
+                f"its segment still trained after {still_training_after_s:.0f}s; the steps "
+                f"after {kept} are lost with the instance"
+            )
+        cancelled = cancel_job(store, job_id, reason)
+        if cancelled is None:
+            stop.ended[job_id] = str(store.job(job_id).state)
+        else:
+            stop.cancelled[job_id] = cancelled.latest_checkpoint or ""
+    if job.members:
+        cancel_job(store, job.job_id, reason)

@@ -72,7 +72,10 @@ def reachable_store(settings: Settings) -> Store | None:
 
 
 def live_jobs(store: Store) -> list[JobRecord]:
-    return [j for j in store.jobs(store.job_ids(limit=100_000)) if not j.terminal]
+    """Every job not yet ended, a pack's members before their pack (each member is cancelled
+    naming its own checkpoint, not the pack's)."""
+    live = [j for j in store.jobs(store.job_ids(limit=100_000)) if not j.terminal]
+    return sorted(live, key=lambda job: bool(job.members))
 
 
 def stop_provisioning(store: Store, fleet: Fleet, report: StepReport) -> None:

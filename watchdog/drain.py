@@ -3,7 +3,8 @@ is brought to PAUSED at no cost, without losing a trained step.
 
 - training: the job gets the stop flag `pause` (training checkpoints at its next step); once no
   segment runs, the finished segment's checkpoint is pulled into the store and verified (the one
-  pull function `supervise_training` uses: its own message waits in the drained control queue),
+  pull function `supervise_training` uses: its own message waits in the drained control queue;
+  a pack's, every member's checkpoint, jobs.pack_checkpoints; the members pause with the pack),
   then its worker log is copied to the artifact store, the job is paused and its instance
   terminated (watchdog.actions.pause);
 - provisioning, booting, verifying, bootstrapping: nothing has trained yet: paused at once;
@@ -22,6 +23,7 @@ from jobs.checkpoint_pull import CheckpointNotKept, pull_segment_checkpoint
 from jobs.collect import fetch_worker_log
 from jobs.instances import open_ssh
 from jobs.objectstore import StoreError
+from jobs.pack_checkpoints import keep_pack_checkpoints
 from jobs.remote import layout_for
 from jobs.ssh import SSHError
 from queue_app.admission import PAUSE_REQUEST, drain_state
@@ -76,8 +78,11 @@ def _settled(ctx: TickContext, tracked: Tracked) -> bool:
 
 
 def _pulled(ctx: TickContext, job: JobRecord, tracked: Tracked, record: AttemptRecord) -> bool:
-    """Pull the finished segment's checkpoint; True once it is kept (or cannot ever be)."""
+    """Pull the finished segment's checkpoint (a pack's: every member's); True once it is kept
+    (or cannot ever be)."""
     try:
+        if job.members:
+            return _pack_pulled(ctx, job, tracked, record)
         return pull_segment_checkpoint(ctx.store, ctx.settings, job, tracked.instance, record)
     except CheckpointNotKept as exc:  # pulling again cannot help: pause with the one before
         ctx.report.error(CHECK, job.job_id, f"segment {record.segment} is lost: {exc}")
@@ -85,6 +90,18 @@ def _pulled(ctx: TickContext, job: JobRecord, tracked: Tracked, record: AttemptR
     except (SSHError, StoreError, StaleAttempt) as exc:
         ctx.report.error(CHECK, job.job_id, f"cannot pull segment {record.segment}: {exc}")
         return False
+
+
+def _pack_pulled(
+    ctx: TickContext, pack: JobRecord, tracked: Tracked, record: AttemptRecord
+) -> bool:
+    """Every member's checkpoint of the segment kept (jobs.pack_checkpoints); a member whose
+    one cannot be is reported and pauses with its previous checkpoint, as a single job does."""
+    checkpoints = keep_pack_checkpoints(ctx.store, ctx.settings, pack, tracked.instance, record)
+    if checkpoints.settled:
+        for member_id, why in checkpoints.lost.items():
+            ctx.report.error(CHECK, member_id, f"segment {record.segment} is lost: {why}")
+    return checkpoints.settled
 
 
 def _keep_worker_log(ctx: TickContext, tracked: Tracked) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from jobs.job_cost import job_cost_usd
 from jobs.pack_training import FAULTS_FILE
+from jobs.upload_board import Outcome, UploadBoard
 from queue_app.statemachine import JobState
 from tests.e2e.harness import (
     LONG_RUN,
@@ -76,6 +77,9 @@ def test_pack_of_two_runs_on_one_instance_and_shares_its_cost(
     assert shares[0] > 0 and sum(shares) == pytest.approx(instance.cost_usd(), abs=ROUNDING_USD * 2)
     assert {job["metrics"]["steps"] for job in summary["jobs"]} == {16_384 // 512}
     assert all(job["artifacts_dir"] for job in summary["jobs"])
+    for member in sweep.job_ids:  # each member's checkpoints went up on its own upload board
+        board = UploadBoard(plane.store.r, member, 1).entries().values()
+        assert board and {entry.outcome for entry in board} == {Outcome.KEPT}
     assert plane.store.job(pack_id).state is JobState.SUCCEEDED
     assert plane.running_instances() == []
 

@@ -4,15 +4,18 @@ log and terminates the instance; a duplicate uploads and starts nothing."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from jobs.bootstrap import TUNNEL_TIMEOUT_S
+from jobs.checkpoints import pulled_checkpoint_dir, store_pulled_checkpoint
 from jobs.remote import layout_for
 from jobs.ssh import CommandResult, SSHConnectError
 from jobs.stage_base import backoff
 from jobs.stages import bootstrap
 from queue_app.records import InstanceRecord
 from queue_app.statemachine import JobState
+from sae.checkpoint import write_checkpoint
 from tests.jobs.stage_world import StageWorld, ago
 
 S = JobState
@@ -112,3 +115,36 @@ def test_a_duplicate_bootstrap_uploads_and_starts_nothing(stage_world: StageWorl
     assert delivery == stage_world.passed_on(job_id)
     assert stage_world.ssh.commands[instance.instance_id] == []
     assert stage_world.ssh.files[instance.instance_id] == {}
+
+
+def _stored(world: StageWorld, sweep_id: str, job_id: str, step: int) -> str:
+    """A checkpoint of `job_id` at `step`, kept in the store; its name."""
+    root = pulled_checkpoint_dir(world.settings, sweep_id, job_id, "any").parent
+    name = write_checkpoint(root, step, step * 512, b"state%d" % step, "{}").name
+    assert store_pulled_checkpoint(world.settings, sweep_id, job_id, name)
+    return name
+
+
+def test_a_resumed_pack_gives_each_member_its_own_newest_checkpoint_that_verifies(
+    stage_world: StageWorld,
+) -> None:
+    pack_id, (plain, corrupt, fresh) = stage_world.pack()
+    newest = _stored(stage_world, "sw1", plain, 8)
+    older = _stored(stage_world, "sw1", corrupt, 4)
+    broken = _stored(stage_world, "sw1", corrupt, 8)
+    (stage_world.settings.checkpoints_dir("sw1", corrupt) / broken / "state.pt").write_bytes(b"x")
+    instance = stage_world.launch(pack_id, S.BOOTSTRAPPING)
+    stage_world.store.update_instance(instance.instance_id, broker_port=BROKER_PORT)
+
+    assert stage_world.deliver(bootstrap, pack_id).state == "RETRY"
+
+    layout = layout_for(instance)
+    files = stage_world.ssh.files[instance.instance_id]
+    plans = {m: json.loads(files[layout.member_restore_plan(m)]) for m in (plain, corrupt)}
+    assert {m: plan["name"] for m, plan in plans.items()} == {plain: newest, corrupt: older}
+    assert layout.member_restore_plan(fresh) not in files  # nothing to resume from
+    assert [stage_world.job(m).resume_from for m in (plain, corrupt, fresh)] == [
+        newest,
+        older,
+        None,
+    ]

@@ -206,3 +206,41 @@ def test_redelivered_supervisors_neither_terminate_the_noticed_instance_nor_resu
     assert (late.state, late.replacement) == ("IGNORED", None)
     assert stage_world.attempt(job_id).handoff is H.OPEN
     assert _status(stage_world, old) is InstanceStatus.ACTIVE
+
+
+def test_a_noticed_pack_hands_off_each_members_checkpoint_and_one_that_is_corrupt_falls_back(
+    stage_world: StageWorld, tmp_path: Path
+) -> None:
+    pack_id, (kept, corrupt) = stage_world.pack(members=2)
+    older = _stored(stage_world, corrupt, 3)
+    instance = stage_world.launch(pack_id, S.TRAINING)
+    stage_world.deliver(supervise_training, pack_id)  # sends segment 1
+    assert stage_world.store.start_segment(pack_id, 1, 1)
+    stage_world.store.transition(pack_id, 1, S.PREEMPTING, reason="interruption notice")
+    stage_world.deliver(supervise_training, pack_id)  # attempt 2 starts at the notice
+    stage_world.store.begin_attempt(pack_id, 2)
+    outcomes = {}
+    for member in (kept, corrupt):  # the pack stops at one stream position
+        local = write_checkpoint(tmp_path / member, 7, 3584, member.encode(), "{}")
+        outcomes[member] = {"checkpoint": f"{member}/checkpoints/{local.name}"}
+        stage_world.remote_tree(instance, local, outcomes[member]["checkpoint"])
+    state = f"{layout_for(instance).run_dir}/{outcomes[corrupt]['checkpoint']}/state.pt"
+    stage_world.ssh.files[instance.instance_id][state] = b"torn"
+    stage_world.store.finish_segment(
+        pack_id, 1, 1, "done", member_outcomes=outcomes, segment_stopped=True
+    )
+
+    assert hand_off(stage_world.store, stage_world.settings, pack_id, 1) is None
+
+    record = stage_world.attempt(pack_id)
+    assert (record.handoff, record.handoff_checkpoint) == (H.KEPT, "step-0000000007")
+    new = _attempt_2_bootstrapping(stage_world, pack_id)
+    assert stage_world.deliver(bootstrap, pack_id).state == "RETRY"  # uploaded; worker starting
+    files = stage_world.ssh.files[new.instance_id]
+    plans = {m: json.loads(files[layout_for(new).member_restore_plan(m)]) for m in outcomes}
+    assert {m: plan["name"] for m, plan in plans.items()} == {
+        kept: "step-0000000007",
+        corrupt: older,
+    }
+    assert stage_world.job(kept).latest_checkpoint == "step-0000000007"
+    assert _status(stage_world, instance) is InstanceStatus.TERMINATED

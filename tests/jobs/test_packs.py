@@ -3,6 +3,7 @@ group splits into packs, what the plan says with and without packing, and bad in
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -99,3 +100,24 @@ def test_pack_all_names_the_field_that_keeps_jobs_apart() -> None:
 def test_max_pack_size_defaults_to_eight() -> None:
     assert load_sweep_file(EXAMPLE).max_pack_size == 8
     assert SweepSpec.model_fields["max_pack_size"].default == 8
+
+
+def test_the_budget_is_checked_against_the_packs_the_fleet_runs() -> None:
+    grid = {"sae.k": [16, 32, 64, 128]}
+    plan = plan_sweep(example(grid=grid), None)
+    alone, packed = plan.estimated_cost_usd or 0, plan.packed_cost_usd or 0
+    assert (plan.fleet_cost_usd, plan.fleet_hours, plan.fleet_instances) == (
+        packed,
+        plan.packed_hours,
+        2,
+    )
+    between = plan_sweep(example(grid=grid, budget_usd=(alone + packed) / 2), None)
+    assert not between.over_budget and between.budget_refusal() is None  # fits only packed
+    tight = plan_sweep(example(grid=grid, budget_usd=packed / 2), None)
+    refusal = tight.budget_refusal() or ""
+    assert f"estimated cost ${packed:.2f} (4 jobs in 2 pack(s)," in refusal
+    assert json.loads(tight.model_dump_json())["fleet_cost_usd"] == pytest.approx(packed)
+
+    one_each = plan_sweep(example(grid=grid, max_pack_size=1, budget_usd=packed), None)
+    assert one_each.fleet_cost_usd == one_each.estimated_cost_usd and one_each.over_budget
+    assert one_each.fleet_instances == 4

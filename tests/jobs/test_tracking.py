@@ -10,10 +10,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+import jobs.pack_training
 import jobs.training_task
 from jobs.bootstrap import WANDB_KEY_VARIABLE
 from jobs.remote import layout_for
@@ -24,7 +26,8 @@ from queue_app.jobspec import JobConfig
 from queue_app.statemachine import JobState
 from sae.checkpoint import checkpoint_name
 from tests.jobs.stage_world import StageWorld
-from tests.support.wandb_offline import offline_runs
+from tests.support.waiting import wait_for
+from tests.support.wandb_offline import OfflineRun, offline_runs
 
 KEY = "wandb-key-that-must-never-be-logged-0123456789"
 TRACKING = {"wandb_project": "sae-sweeps", "wandb_entity": "interp-team"}
@@ -154,3 +157,59 @@ def test_the_key_reaches_the_instance_like_the_hf_token_only_when_tracked(
         assert KEY.encode() not in files[layout.job_config]
         assert KEY not in json.dumps(stage_world.job(job_id).spec)
     assert os.environ[WANDB_KEY_VARIABLE] == KEY
+
+
+class PackStandIn:
+    """A pack of two for one 4-step segment: both report progress, the second finishes."""
+
+    def __init__(self, run_dir: Path, members: list[str]) -> None:
+        self.run_dir, self.ids = run_dir, members
+        self.members = [SimpleNamespace(active=True), SimpleNamespace(active=False)]
+
+    def train(self, on_progress: Callable[[dict[str, Any]], None], **_: Any) -> SimpleNamespace:
+        for step in range(1, 5):
+            members = [{"step": step, "loss": (i + 1) / step} for i in range(2)]
+            on_progress({"step": step, "members": members})
+        final = self.run_dir / self.ids[1] / "final"
+        final.mkdir(parents=True)
+        (final / "metrics.json").write_text(json.dumps({"evals": {"fvu": 0.07}}))
+        return SimpleNamespace(
+            members=[
+                SimpleNamespace(
+                    checkpoint=str(self.run_dir / m / "checkpoints" / checkpoint_name(4)),
+                    done=i == 1,
+                    step=4,
+                    error=None,
+                    stopped=False,
+                )
+                for i, m in enumerate(self.ids)
+            ]
+        )
+
+
+def test_each_pack_member_logs_to_its_own_run(
+    stage_world: StageWorld, instance_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pack_id, members = stage_world.pack(
+        members=2, own={0: {"tracking": TRACKING}, 1: {"tracking": TRACKING}}
+    )
+    (instance_dir / "job.json").write_text(json.dumps(stage_world.job(pack_id).spec["config"]))
+    stand_in = PackStandIn(instance_dir / "run", members)
+    monkeypatch.setattr(jobs.pack_training, "pack_run", lambda *_: stand_in)
+    stage_world.launch(pack_id, JobState.TRAINING)
+    send(stage_world, pack_id, 1)
+
+    ids = {wandb_run_id(m) for m in members}  # none for the pack job itself
+
+    def written() -> dict[str, OfflineRun] | None:
+        """Both runs, once wandb's service has written each one's records (it does so after
+        `finish` returns, on its own time, with two runs open at once)."""
+        runs = {run.run_id: run for run in offline_runs(instance_dir)}
+        return runs if set(runs) == ids and all(r.summary for r in runs.values()) else None
+
+    runs = wait_for("both members' offline runs", written, timeout_s=30)
+    first, second = (runs[wandb_run_id(m)] for m in members)
+    assert (first.group, first.name, second.name) == ("sw1", "k0", "k1")
+    assert [h["train/loss"] for h in first.history] == [1.0, 0.5, 1 / 3, 0.25]
+    assert [h["_step"] for h in second.history] == [1, 2, 3, 4]
+    assert second.summary["eval/fvu"] == 0.07 and "eval/fvu" not in first.summary

@@ -160,6 +160,9 @@ def test_plan_shows_the_packs_and_the_cost_with_and_without_them(
     assert "Packs (jobs sharing one LM forward; max_pack_size 8)" in out
     assert "memory: 4 members need ~40 GB" in out
     assert "Packed: 2 instance(s)" in out and "one job per instance: 4 instance(s)" in out
+    assert "the fleet runs these packs, and the budget check uses this estimate" in " ".join(
+        out.split()
+    )
 
 
 @pytest.mark.parametrize(

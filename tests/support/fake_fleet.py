@@ -62,6 +62,52 @@ class FakeFleet:
         self.store.start_first_attempt(job_id)
         return job_id
 
+    def pack(
+        self, members: int = 3, own: dict[int, dict[str, Any]] | None = None
+    ) -> tuple[str, list[str]]:
+        """A sweep of `members` tiny jobs in one pack job, QUEUED on its first attempt
+        (`own[i]`: dotted overrides of member i's job); returns (pack id, member ids)."""
+        self._jobs += 1
+        sweep_id = f"sw{self._jobs}"
+        now = time.time()
+        jobs = [
+            JobRecord(
+                job_id=f"{sweep_id}-{i:04d}",
+                sweep_id=sweep_id,
+                index=i,
+                name=f"k{i}",
+                state=S.QUEUED,
+                attempt=1,
+                spec={
+                    "config": tiny_job("tiny-lm", "c.jsonl", **(own or {}).get(i, {})),
+                    "provider": {"name": "local"},
+                    "overrides": {},
+                },
+                created_at=now,
+                updated_at=now,
+                pack_id=f"{sweep_id}-p000",
+            )
+            for i in range(members)
+        ]
+        pack = jobs[0].model_copy(
+            update={
+                "job_id": f"{sweep_id}-p000",
+                "pack_id": None,
+                "members": [j.job_id for j in jobs],
+            }
+        )
+        sweep = SweepRecord(
+            sweep_id=sweep_id,
+            name="p",
+            created_at=now,
+            spec={},
+            job_ids=[j.job_id for j in jobs],
+            pack_ids=[pack.job_id],
+        )
+        self.store.create_sweep(sweep, jobs, [pack])
+        self.store.start_first_attempt(pack.job_id)
+        return pack.job_id, pack.members
+
     def launch(
         self,
         job_id: str,

@@ -1,6 +1,7 @@
 """Cost caps: a breach asks training to checkpoint and stop, then caps the job after the grace
 period; a job that is not training is capped at once; sweep and daily caps apply to every live
-job; a warning is logged once at 80%."""
+job; a warning is logged once at 80%; a pack's member is held to its own cap on its cost share
+and leaves the pack alone."""
 
 from __future__ import annotations
 
@@ -114,3 +115,47 @@ def test_invalid_stored_config_is_reported_and_the_sweep_cap_still_holds(world: 
     assert [(e.check, e.target) for e in report.errors] == [("costs", job_id)]
     assert "stored job config is invalid" in report.errors[0].detail
     assert world.store.job(job_id).state is JobState.COST_CAPPED
+
+
+def _training_pack(world: World, state: JobState = JobState.TRAINING) -> tuple[str, list[str]]:
+    """A pack of two whose first member may spend $5; its instance has cost $12, $6 each."""
+    pack_id, members = world.pack(members=2, own={0: {"max_cost_usd": 5}, 1: {"max_cost_usd": 500}})
+    instance = world.launch(pack_id, state, DOLLAR_PER_SECOND, launched_ago_s=12)
+    world.store.update_instance(instance.instance_id, members=members)
+    for member in members:  # as provision records a pack's instance
+        world.store.update_attempt(member, 1, instance_id=instance.instance_id)
+    return pack_id, members
+
+
+def test_a_pack_member_over_its_own_cap_leaves_the_pack_which_goes_on(world: World) -> None:
+    pack_id, (capped, other) = _training_pack(world)
+    instance_id = f"fake-{pack_id}-1"
+    world.training(pack_id)
+
+    first = run_tick(world.context())
+
+    assert world.store.job(capped).stop_requested == "cost_cap"  # its pack ends the segment
+    assert [(a.kind, a.target) for a in first.actions] == [("stop-requested", capped)]
+    assert world.store.job(pack_id).stop_requested is None
+    assert world.store.job(other).stop_requested is None
+
+    run_tick(world.context(now=time.time() + world.settings.cost_cap_grace_s + 1))
+
+    member = world.store.job(capped)
+    assert member.state is JobState.COST_CAPPED and "max_cost_usd" in (member.reason or "")
+    assert f"left pack {pack_id}, which goes on" in (member.reason or "")
+    assert world.store.job(other).state is JobState.TRAINING
+    assert world.store.job(pack_id).state is JobState.TRAINING
+    instance = world.store.instance(instance_id)
+    assert instance.terminate_requested_at is None and list(instance.member_left_at) == [capped]
+
+
+def test_a_pack_member_over_its_cap_before_training_is_capped_at_once(world: World) -> None:
+    pack_id, (capped, other) = _training_pack(world, JobState.BOOTSTRAPPING)
+
+    report = run_tick(world.context())
+
+    assert world.store.job(capped).state is JobState.COST_CAPPED
+    assert world.store.job(other).state is JobState.BOOTSTRAPPING
+    assert world.store.job(pack_id).state is JobState.BOOTSTRAPPING
+    assert [(a.kind, a.target) for a in report.actions] == [("capped", capped)]

@@ -4,10 +4,17 @@ nothing yet are paused at once; collected jobs lose their instance; nothing else
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
+from jobs.objectstore import checkpoints_prefix, describe_folder, open_store, verify_folder
 from jobs.providers import InstanceStatus
+from jobs.upload_board import UploadBoard, UploadRequest
 from queue_app.admission import PAUSE_REQUEST, set_drained
 from queue_app.keys import instance_key
 from queue_app.statemachine import JobState
+from sae.checkpoint import write_checkpoint
+from tests.support.instance_uploads import WAIT_S, start_upload
 from tests.watchdog.conftest import World
 from watchdog.tick import run_tick
 
@@ -100,3 +107,47 @@ def test_teardown_ends_the_jobs_itself(world: World) -> None:
     run_tick(world.context())
 
     assert world.store.job(job_id).state is JobState.BOOTING
+
+
+def test_a_pack_pauses_once_every_members_checkpoint_is_kept(world: World, tmp_path: Path) -> None:
+    pack_id, members = world.pack(members=3)
+    kept, lost = members[:2], members[2]
+    instance = world.launch(pack_id)
+    world.store.r.hdel(instance_key(instance.instance_id), "host")  # no SSH for its worker log
+    world.training(pack_id, status="running")
+    drained(world)
+
+    run_tick(world.context())
+    assert world.store.job(pack_id).stop_requested == PAUSE_REQUEST
+
+    # The segment stops at one stream position; the instance uploads each member's checkpoint
+    # on the member's own board, and one member's upload gives up.
+    folders = {m: write_checkpoint(tmp_path / m, 40, 4096, m.encode(), "{}") for m in members}
+    outcomes = {m: {"checkpoint": f"{m}/checkpoints/{folders[m].name}"} for m in members}
+    world.store.update_attempt(pack_id, 1, segment_status="done", member_outcomes=outcomes)
+    board = UploadBoard(world.store.r, lost, 1)
+    board.request(
+        1, UploadRequest(name=folders[lost].name, manifest=describe_folder(folders[lost]))
+    )
+    board.fail(1, "OSError: no space left on device")
+    uploads = [start_upload(world.store, m, 1, folders[m]) for m in kept]
+    deadline = time.monotonic() + WAIT_S
+    report = run_tick(world.context())
+    while world.store.job(pack_id).state is JobState.TRAINING:  # each tick serves the boards
+        assert time.monotonic() < deadline, "the pack was never paused"
+        report = run_tick(world.context())
+    assert not any(upload.error for upload in uploads)
+
+    assert world.store.job(pack_id).state is JobState.PAUSED
+    assert world.provider.instances[instance.instance_id].status.gone
+    for member in kept:
+        job = world.store.job(member)
+        assert (job.state, job.latest_checkpoint) == (JobState.PAUSED, "step-0000000040")
+        assert verify_folder(
+            open_store(world.settings), f"{checkpoints_prefix('sw1', member)}/step-0000000040"
+        )
+    assert world.store.job(lost).state is JobState.PAUSED  # resumes from the one before
+    assert world.store.job(lost).latest_checkpoint is None
+    assert [(e.target, "is lost" in e.detail) for e in report.errors if e.target == lost] == [
+        (lost, True)
+    ]
