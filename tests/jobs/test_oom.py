@@ -18,7 +18,6 @@ from queue_app.jobspec import ProviderSpec
 from queue_app.records import InstanceRecord
 from queue_app.statemachine import JobState
 from tests.jobs.stage_world import StageWorld
-from tests.jobs.test_pack_stages import _pack
 from tests.support.planning import StaticProvider, config, itype
 
 S = JobState
@@ -115,7 +114,7 @@ def test_the_micro_batches_tried_end_where_halving_stops(batch: int, accum: int,
 
 def test_a_pack_keeps_its_halvings_and_moves_with_its_members(stage_world: StageWorld) -> None:
     stage_world.provider.types = list(TYPES)
-    pack_id, members = _pack(stage_world, members=2)
+    pack_id, members = stage_world.pack(members=2)
     instance = stage_world.launch(pack_id, S.TRAINING, provider="lambda")
     stage_world.store.update_instance(instance.instance_id, instance_type="gpu_1x_a100")
     note = "out of memory at step 9; micro-batch 512 -> 256 tokens"
