@@ -27,7 +27,9 @@ from tests.jobs.stage_world import StageWorld
 class StandIn:
     """Records how the pack's run was built."""
 
-    def __init__(self, configs: list[Any], run_dirs: list[Path], nan_at: dict) -> None:
+    def __init__(
+        self, configs: list[Any], run_dirs: list[Path], nan_at: dict, inject_oom: Any
+    ) -> None:
         self.run_dirs = run_dirs
 
 

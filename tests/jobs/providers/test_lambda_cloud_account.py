@@ -307,8 +307,27 @@ def test_file_system_in_the_wrong_region_is_permanent(fake_lambda: FakeLambda) -
             cloud.file_system_region("nope")
 
 
+class RecordingPacer(Pacer):
+    """A pacer on a clock that stands still: the slot each call reserves (clock + wait) is
+    recorded with what it paced, and no call sleeps, so the spacing is checked however late a
+    thread runs on a loaded machine."""
+
+    def __init__(self, rates: dict[str, Rate]) -> None:
+        super().__init__(rates, clock=lambda: 0.0, sleep=lambda _: None)
+        self.slots: list[tuple[tuple[str, ...], float]] = []
+        self._record = threading.Lock()
+
+    def acquire(self, *kinds: str) -> float:
+        wait = super().acquire(*kinds)
+        with self._record:
+            self.slots.append((kinds, wait))
+        return wait
+
+
 def test_pacer_keeps_requests_and_launches_to_their_rates(fake_lambda: FakeLambda) -> None:
-    pacer = Pacer({"request": Rate(0.05), "launch": Rate(0.2, max_per_window=2, window_s=0.6)})
+    pacer = RecordingPacer(
+        {"request": Rate(0.05), "launch": Rate(0.2, max_per_window=2, window_s=0.6)}
+    )
     clouds = [fake_cloud(fake_lambda, pacer) for _ in range(2)]
     threads = [
         threading.Thread(target=lambda c=c, n=n: c.launch(request(f"sf-pace{n}-1")))
@@ -318,15 +337,15 @@ def test_pacer_keeps_requests_and_launches_to_their_rates(fake_lambda: FakeLambd
         thread.start()
     for thread in threads:
         thread.join()
-    times = [r.at for r in fake_lambda.requests]
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    # measured on arrival at the server: allow for scheduling jitter (unpaced gaps are ~2 ms)
-    assert min(gaps) >= 0.05 - 0.02
-    launches = [r.at for r in fake_lambda.requests if r.path == "instance-operations/launch"]
+    # every request the clouds sent took a slot of the shared pacer, launches one of both rates
+    assert len(pacer.slots) == len(fake_lambda.requests)
+    times = sorted(at for _, at in pacer.slots)
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.05 - 1e-9
+    launches = sorted(at for kinds, at in pacer.slots if "launch" in kinds)
     assert len(launches) == 4
-    assert min(b - a for a, b in itertools.pairwise(launches)) >= 0.2 - 0.02
-    assert launches[2] - launches[0] >= 0.6 - 0.02  # at most 2 in any 0.6 s window
-    assert launches[3] - launches[1] >= 0.6 - 0.02
+    assert min(b - a for a, b in itertools.pairwise(launches)) >= 0.2 - 1e-9
+    assert launches[2] - launches[0] >= 0.6 - 1e-9  # at most 2 in any 0.6 s window
+    assert launches[3] - launches[1] >= 0.6 - 1e-9
     for cloud in clouds:
         cloud.close()
 
