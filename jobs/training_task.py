@@ -27,7 +27,7 @@ from jobs.pack_training import train_pack_segment
 from jobs.remote import RemoteLayout
 from jobs.tracking import RunTracker
 from jobs.upload_board import UploadBoard
-from queue_app.celery_app import TRAIN_SEGMENT_TASK, app
+from queue_app.celery_app import TRAIN_SEGMENT_TASK, WARM_UP_TASK, app
 from queue_app.connection import get_store
 from queue_app.errors import StaleAttempt
 from queue_app.jobspec import JobConfig
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 STOP_CHECK_INTERVAL_S = 2.0
 FINISH_RETRY_S = 10 * 60.0
 _runs: dict[tuple[str, int], TrainingRun] = {}
+_warmed: set[tuple[str, int]] = set()
+"""Runs built by `warm_up`, before their checkpoint was placed: restored at the first segment."""
 
 
 class RunControl:
@@ -87,16 +89,47 @@ def _job_config(workdir: Path) -> JobConfig:
 
 
 def _training_run(job_id: str, attempt: int, workdir: Path) -> TrainingRun:
+    """This attempt's run, built once per worker process: by `warm_up` (then its checkpoint,
+    placed since, is restored here) or here."""
     from sae.run import TrainingRun
 
     key = (job_id, attempt)
-    if key not in _runs:
-        _runs.clear()  # one job per instance: drop anything older
+    if key not in _runs or key in _warmed:
         restore_checkpoint(
             Path(RemoteLayout(str(workdir)).restore_plan), workdir / "run" / "checkpoints"
         )
+    if key in _warmed:
+        _warmed.discard(key)
+        if any((workdir / "run" / "checkpoints").glob("*")):
+            _runs[key].restore()  # the LM stays loaded: only the SAE and stream are rebuilt
+    if key not in _runs:
+        _runs.clear()  # one job per instance: drop anything older
+        _warmed.clear()
         _runs[key] = TrainingRun(_job_config(workdir).run_config(), workdir / "run")
     return _runs[key]
+
+
+@app.task(name=WARM_UP_TASK, acks_late=False, reject_on_worker_lost=False, ignore_result=True)
+def warm_up(job_id: str, attempt: int, instance_id: str) -> None:
+    """Import the trainer and load the LM, the held-out data and the validation activations
+    while bootstrap still waits for the checkpoint to resume from (the first segment only
+    restores it). A failure here is logged and left to the first segment to report."""
+    from sae.run import TrainingRun
+
+    workdir = Path(os.environ["SAEFLEET_WORKDIR"])
+    key = (job_id, attempt)
+    with log_context(job=job_id, attempt=attempt, instance=instance_id):
+        started = time.monotonic()
+        try:
+            config = _job_config(workdir)
+            _runs.clear()
+            _warmed.clear()
+            _runs[key] = TrainingRun(config.run_config(), workdir / "run")
+        except Exception:
+            log.exception("warming up failed; the first segment builds the run again")
+            return
+        _warmed.add(key)
+        log.info("trainer warmed up in %.1fs", time.monotonic() - started)
 
 
 @app.task(
