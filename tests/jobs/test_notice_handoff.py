@@ -218,3 +218,23 @@ def test_redelivered_supervisors_neither_terminate_the_noticed_instance_nor_resu
     assert (late.state, late.replacement) == ("IGNORED", None)
     assert stage_world.attempt(job_id).handoff is H.OPEN
     assert _status(stage_world, old) is InstanceStatus.ACTIVE
+
+
+def test_an_attempt_preempted_before_it_trained_passes_the_wait_on_to_the_next(
+    stage_world: StageWorld, tmp_path: Path
+) -> None:
+    job_id, old = _noticed(stage_world)
+    stage_world.deliver(supervise_training, job_id)
+    stage_world.launch(job_id, S.VERIFYING)  # attempt 2, lost before its bootstrap
+    stage_world.store.transition(job_id, 2, S.PREEMPTED, reason="lost while verifying")
+    third = stage_world.launch(job_id, S.BOOTSTRAPPING)
+    stage_world.store.update_instance(third.instance_id, broker_port=BROKER_PORT)
+    assert stage_world.deliver(bootstrap, job_id).state == "RETRY"  # the worker starts
+    stage_world.worker_answers(job_id, third)
+    waiting = stage_world.deliver(bootstrap, job_id)
+    assert (waiting.state, waiting.countdown) == ("RETRY", _look_again(stage_world))
+
+    name = _segment_ends(stage_world, job_id, old, tmp_path)
+    assert hand_off(stage_world.store, stage_world.settings, job_id, 1) is None
+    assert stage_world.deliver(bootstrap, job_id) == stage_world.passed_on(job_id)
+    assert stage_world.attempt(job_id, 3).resume_from == name
