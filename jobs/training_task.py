@@ -113,14 +113,17 @@ def _training_run(job_id: str, attempt: int, workdir: Path) -> TrainingRun:
 def warm_up(job_id: str, attempt: int, instance_id: str) -> None:
     """Import the trainer and load the LM, the held-out data and the validation activations
     while bootstrap still waits for the checkpoint to resume from (the first segment only
-    restores it). A failure here is logged and left to the first segment to report."""
-    from sae.run import TrainingRun
-
+    restores it). It also starts the watch for interruption notices, so a notice that comes
+    while bootstrap still runs is read. A failure here is logged and left to the first segment
+    to report."""
     workdir = Path(os.environ["SAEFLEET_WORKDIR"])
     key = (job_id, attempt)
     with log_context(job=job_id, attempt=attempt, instance=instance_id):
+        watch_notices(get_store(), job_id, attempt)
         started = time.monotonic()
         try:
+            from sae.run import TrainingRun
+
             config = _job_config(workdir)
             _runs.clear()
             _warmed.clear()
