@@ -1,6 +1,7 @@
-"""Stage `bootstrap`: upload the code bundle, the job spec and the checkpoint to resume from
-(a restore plan the instance downloads from the store, or the folder itself over SFTP), start
-the GPU-side Celery worker detached (an SSH drop does not kill it), wait for its ping."""
+"""Stage `bootstrap`: upload the code bundle and the job spec, start the GPU-side Celery worker
+detached (an SSH drop does not kill it) and have it load the trainer, wait for its ping, then
+place the checkpoint to resume from (a restore plan the instance downloads from the store, or
+the folder itself over SFTP), after a noticed previous attempt's hand-off."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from jobs.ssh import SSHSession
 from jobs.stage_base import StageContext, stage
 from jobs.tunnels import tunnel_broker_url
 from jobs.upload_grants import instance_uploads
-from queue_app.celery_app import app, train_queue
+from queue_app.celery_app import WARM_UP_TASK, app, train_queue
 from queue_app.celery_commands import worker_argv
 from queue_app.pack_mirror import following_members
 from queue_app.records import InstanceRecord
@@ -42,12 +43,13 @@ LOG_TAIL_LINES = 30
 
 @stage("bootstrap")
 def bootstrap(ctx: StageContext) -> None:
-    """Set the instance up once, then poll until its worker answers a ping."""
+    """Set the instance up and start its worker, poll until the worker answers a ping, then
+    (once a noticed previous attempt has handed off its checkpoint) place the checkpoint to
+    resume from. The worker loads the trainer meanwhile (`warm_up`), so a resumed attempt's
+    first segment only restores the checkpoint."""
     instance = ctx.require_instance()
     layout = layout_for(instance)
     record = ctx.attempt()
-    if record.bootstrap_phase is None:
-        await_handoff(ctx)  # the checkpoint to upload may be one still being pulled
     if record.bootstrap_phase != "started":
         broker_url = _worker_broker_url(ctx, instance)
         with open_ssh(instance, ctx.settings) as ssh:
@@ -56,15 +58,32 @@ def bootstrap(ctx: StageContext) -> None:
                 ctx.update_attempt(bootstrap_phase="uploaded")
             _start_worker(ssh, layout)
         ctx.update_attempt(bootstrap_phase="started", worker_started_at=time.time())
+        if not ctx.job.members:  # a pack builds its run per segment
+            _send_warm_up(ctx, instance)
         record = ctx.attempt()
     hostname = worker_hostname(ctx.ref.job_id, ctx.ref.attempt, instance.instance_id)
-    if app.control.ping(destination=[hostname], timeout=1.0):
-        log.info("GPU-side worker %s is up", hostname)
-        ctx.advance(JobState.TRAINING)
-        return
-    waited = time.time() - (record.worker_started_at or time.time())
-    _check_worker(ctx, instance, layout, waited)
-    ctx.poll(countdown=min(ctx.settings.poll_interval_s, WORKER_POLL_S))
+    if not app.control.ping(destination=[hostname], timeout=1.0):
+        waited = time.time() - (record.worker_started_at or time.time())
+        _check_worker(ctx, instance, layout, waited)
+        ctx.poll(countdown=min(ctx.settings.poll_interval_s, WORKER_POLL_S))
+    await_handoff(ctx)  # the checkpoint to place may be one still being pulled
+    with open_ssh(instance, ctx.settings) as ssh:
+        _place_checkpoints(ctx, ssh, instance, layout)
+    log.info("GPU-side worker %s is up", hostname)
+    ctx.advance(JobState.TRAINING)
+
+
+def _send_warm_up(ctx: StageContext, instance: InstanceRecord) -> None:
+    """Ask the new worker to load the trainer now (it runs before the first segment)."""
+    app.send_task(
+        WARM_UP_TASK,
+        kwargs={
+            "job_id": ctx.ref.job_id,
+            "attempt": ctx.ref.attempt,
+            "instance_id": instance.instance_id,
+        },
+        task_id=f"warm-{ctx.ref.job_id}-a{ctx.ref.attempt}",
+    )
 
 
 def _worker_broker_url(ctx: StageContext, instance: InstanceRecord) -> str:
@@ -104,6 +123,12 @@ def _upload(
     ssh.put_bytes(_secrets_env(ctx).encode(), layout.secrets_env, mode=0o600)
     script = _start_script(ctx, instance, layout, remote_wheel)
     ssh.put_bytes(script.encode(), layout.start_script, mode=0o700)
+
+
+def _place_checkpoints(
+    ctx: StageContext, ssh: SSHSession, instance: InstanceRecord, layout: RemoteLayout
+) -> None:
+    """The checkpoint(s) to resume from, for the instance (again on a retry: it overwrites)."""
     if ctx.job.members:
         _hand_over_member_checkpoints(ctx, ssh, instance, layout)
         return

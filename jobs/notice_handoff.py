@@ -14,8 +14,9 @@ from provision), leaving the noticed instance running. From then on:
 - While the hand-off is open the noticed attempt, stale as it is, may still write its own
   attempt record (the segment's end on the instance, the pull's record): the one exception to
   the attempt fence (queue_app.statemachine.HandoffStatus). The job's record stays fenced.
-- Attempt+1 provisions, boots and verifies meanwhile; its bootstrap waits (`await_handoff`)
-  for the hand-off to close before it picks the checkpoint to upload, at most until
+- Attempt+1 provisions, boots, verifies and starts its worker meanwhile; its bootstrap waits
+  (`await_handoff`) for the hand-off to close before it picks the checkpoint to upload (an
+  attempt preempted before it trained passes the wait on to the next), at most until
   HANDOFF_WAIT_S after the notice, when it closes the hand-off LOST itself and resumes from the
   newest checkpoint that verifies. A checkpoint counts only once it verifies in the store, so
   attempt+1 never resumes from a half-pulled one.
@@ -75,21 +76,34 @@ def hand_off_on_notice(ctx: StageContext) -> dict[str, Any]:
 
 
 def await_handoff(ctx: StageContext) -> None:
-    """Bootstrap's wait for the previous attempt's hand-off, when it was noticed: returns once
-    the checkpoint written on notice is kept (recorded as the job's latest) or lost, polling
-    until then, at most until HANDOFF_WAIT_S after the notice (then it closes it LOST)."""
-    previous = ctx.ref.attempt - 1
-    if previous < 1:
+    """Bootstrap's wait for the hand-off of the attempt it resumes from, when that one was
+    noticed: returns once the checkpoint written on notice is kept (recorded as the job's
+    latest) or lost, polling until then, at most until HANDOFF_WAIT_S after the notice (then it
+    closes it LOST)."""
+    record = _resumed_from(ctx)
+    if record is None:
         return
-    record = ctx.store.attempt(ctx.ref.job_id, previous)
     if record.handoff is HandoffStatus.OPEN:
         if not _expired(record):
             ctx.poll(countdown=_poll_s(ctx.settings))
         _close_lost(ctx.store, record, f"not kept within {HANDOFF_WAIT_S:.0f}s of the notice")
-        record = ctx.store.attempt(ctx.ref.job_id, previous)
+        record = ctx.store.attempt(ctx.ref.job_id, record.attempt)
     if record.handoff is HandoffStatus.KEPT and record.handoff_checkpoint:
         checkpoint = record.handoff_checkpoint
         ctx.store.update_job(ctx.ref.job_id, ctx.ref.attempt, latest_checkpoint=checkpoint)
+
+
+def _resumed_from(ctx: StageContext) -> AttemptRecord | None:
+    """The newest earlier attempt that handed a checkpoint off or trained: attempts preempted
+    before their first segment wrote nothing, so one noticed before them still hands off to
+    this one. None when that attempt was not noticed (or there is none)."""
+    for previous in range(ctx.ref.attempt - 1, 0, -1):
+        record = ctx.store.attempt(ctx.ref.job_id, previous)
+        if record.handoff is not None:
+            return record
+        if record.segment > 0:
+            return None
+    return None
 
 
 @app.task(bind=True, name=NOTICE_HANDOFF_TASK, max_retries=None, ignore_result=True)

@@ -2,14 +2,17 @@
 jobs.providers.notice).
 
 Bootstrap hands the worker its provider's `NoticeChannel` (`SAEFLEET_NOTICE_CHANNEL`, JSON;
-none for providers that give no notice). The first training segment starts a `NoticeWatch` on
-it: a daemon thread that reads the channel every `poll_s` and acts once on each new notice:
+none for providers that give no notice). The worker's warm-up (or else its first training
+segment) starts a `NoticeWatch` on it: a daemon thread that reads the channel every `poll_s`
+and acts once on each new notice:
 
 - an interruption moves the job TRAINING -> PREEMPTING (jobs.supervise starts the next attempt
   at once and jobs.notice_handoff hands it the checkpoint the segment writes on stopping), and
   stops the segment;
 - a rebalance recommendation only stops the segment: its checkpoint is pulled as every
-  segment's is and the next segment goes on on the same instance (one extra checkpoint).
+  segment's is and the next segment goes on on the same instance (one extra checkpoint);
+- an interruption while bootstrap still runs moves the job BOOTSTRAPPING -> PREEMPTED (nothing
+  was trained, so nothing is handed off) and bootstrap resumes it as the next attempt.
 
 The segment stops through `RunControl.should_stop` (jobs.training_task), which asks
 `stop_for_notice()` at every step: the trainer finishes its step, writes a checkpoint, returns.
@@ -103,6 +106,11 @@ def act_on_notice(store: Store, job_id: str, attempt: int, notice: Notice) -> No
     """Record an interruption as PREEMPTING and stop the segment (see the module docstring).
     Redis errors propagate, so the watch tries again at its next poll."""
     log.warning("%s for attempt %d of %s", notice.describe(), attempt, job_id)
+    job = store.job(job_id)
+    if notice.kind is NoticeKind.INTERRUPTION and job.state is JobState.BOOTSTRAPPING:
+        if job.attempt == attempt:
+            _preempt_before_training(store, job.job_id, attempt, job.preemptions, notice)
+        return
     if notice.kind is NoticeKind.INTERRUPTION:
         reason = f"{notice.describe()}: checkpointing now, the next attempt starts at once"
         try:
@@ -111,3 +119,18 @@ def act_on_notice(store: Store, job_id: str, attempt: int, notice: Notice) -> No
             log.info("not preempting on notice, the job moved on: %s", exc)
             return
     _stop_segment.set()
+
+
+def _preempt_before_training(
+    store: Store, job_id: str, attempt: int, preemptions: int, notice: Notice
+) -> None:
+    """A notice while bootstrap still runs (the worker is up, no segment yet): there is nothing
+    to hand off (the checkpoint to resume from is still the newest in the store), so the job
+    is PREEMPTED now and bootstrap resumes it as the next attempt at its next look."""
+    reason = f"{notice.describe()} before training: the next attempt starts now"
+    try:
+        store.transition(
+            job_id, attempt, JobState.PREEMPTED, reason=reason, preemptions=preemptions + 1
+        )
+    except (StaleAttempt, IllegalTransition) as exc:
+        log.info("not preempting on notice, the job moved on: %s", exc)

@@ -29,7 +29,7 @@ from jobs.pack_training import injected_oom, train_pack_segment, with_halvings
 from jobs.remote import RemoteLayout
 from jobs.tracking import PackTracker, RunTracker
 from jobs.upload_board import UploadBoard
-from queue_app.celery_app import TRAIN_SEGMENT_TASK, app
+from queue_app.celery_app import TRAIN_SEGMENT_TASK, WARM_UP_TASK, app
 from queue_app.connection import get_store
 from queue_app.errors import StaleAttempt
 from queue_app.jobspec import JobConfig
@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 STOP_CHECK_INTERVAL_S = 2.0
 FINISH_RETRY_S = 10 * 60.0
 _runs: dict[tuple[str, int], TrainingRun] = {}
+_warmed: set[tuple[str, int]] = set()
+"""Runs built by `warm_up`, before their checkpoint was placed: restored at the first segment."""
 
 
 class RunControl:
@@ -91,19 +93,61 @@ def _job_config(workdir: Path) -> JobConfig:
 
 
 def _training_run(store: Store, job_id: str, attempt: int, workdir: Path) -> TrainingRun:
-    """The job's run (kept between segments), with the micro-batch halvings it has kept."""
-    from sae.run import TrainingRun
-
+    """This attempt's run, built once per worker process: by `warm_up` (then its checkpoint,
+    placed since, is restored here) or here."""
     key = (job_id, attempt)
-    if key not in _runs:
-        _runs.clear()  # one job per instance: drop anything older
+    if key not in _runs or key in _warmed:
         restore_checkpoint(
             Path(RemoteLayout(str(workdir)).restore_plan), workdir / "run" / "checkpoints"
         )
-        halvings = store.job(job_id).micro_batch_halvings
-        config = with_halvings(_job_config(workdir).run_config(), halvings)
-        _runs[key] = TrainingRun(config, workdir / "run", inject_oom=injected_oom(workdir))
+    if key in _warmed:
+        _warmed.discard(key)
+        if any((workdir / "run" / "checkpoints").glob("*")):
+            _runs[key].restore()  # the LM stays loaded: only the SAE and stream are rebuilt
+    if key not in _runs:
+        _runs.clear()  # one job per instance: drop anything older
+        _warmed.clear()
+        _runs[key] = _new_run(store, job_id, workdir)
     return _runs[key]
+
+
+def _new_run(store: Store, job_id: str, workdir: Path) -> TrainingRun:
+    """The job's run as uploaded, with the micro-batch halvings it has kept (jobs.oom) and any
+    injected out-of-memory fault."""
+    from sae.run import TrainingRun
+
+    halvings = store.job(job_id).micro_batch_halvings
+    config = with_halvings(_job_config(workdir).run_config(), halvings)
+    return TrainingRun(config, workdir / "run", inject_oom=injected_oom(workdir))
+
+
+@app.task(name=WARM_UP_TASK, acks_late=False, reject_on_worker_lost=False, ignore_result=True)
+def warm_up(job_id: str, attempt: int, instance_id: str) -> None:
+    """Import the trainer and load the LM, the held-out data and the validation activations
+    while bootstrap still waits for the checkpoint to resume from (the first segment only
+    restores it). A pack job's worker only imports the trainer: its run is built from the
+    members' checkpoints once they are placed (jobs.pack_training). It also starts the watch
+    for interruption notices, so a notice that comes while bootstrap still runs is read. A
+    failure here is logged and left to the first segment to report."""
+    workdir = Path(os.environ["SAEFLEET_WORKDIR"])
+    key = (job_id, attempt)
+    store = get_store()
+    with log_context(job=job_id, attempt=attempt, instance=instance_id):
+        watch_notices(store, job_id, attempt)
+        started = time.monotonic()
+        try:
+            if store.job(job_id).members:
+                import sae.pack  # noqa: F401  (torch, transformers, datasets)
+
+                return
+            _runs.clear()
+            _warmed.clear()
+            _runs[key] = _new_run(store, job_id, workdir)
+        except Exception:
+            log.exception("warming up failed; the first segment builds the run again")
+            return
+        _warmed.add(key)
+        log.info("trainer warmed up in %.1fs", time.monotonic() - started)
 
 
 @app.task(

@@ -28,6 +28,8 @@ TRAIN_QUEUE_PREFIX = "train."
 CONTROL_WORKER_QUEUES = (CONTROL_QUEUE, WATCHDOG_QUEUE)
 """What the control worker consumes: every queue but the instances' training queues."""
 TRAIN_SEGMENT_TASK = "saefleet.train_segment"
+WARM_UP_TASK = "saefleet.warm_up"
+"""Sent by bootstrap to a new GPU-side worker: load the trainer before the first segment."""
 
 # Task-name prefix -> queue. Training goes to the queue of the instance that runs it.
 ROUTES: dict[str, str] = {
@@ -60,7 +62,7 @@ def route_task(
     name: str, args: Any, kwargs: dict[str, Any], options: dict[str, Any], *_: Any, **__: Any
 ) -> dict[str, str] | None:
     """Celery router: the routing table above as a function."""
-    if name == TRAIN_SEGMENT_TASK:
+    if name in (TRAIN_SEGMENT_TASK, WARM_UP_TASK):
         return {"queue": train_queue(kwargs["instance_id"])}
     for prefix, queue in ROUTES.items():
         if name.startswith(prefix):

@@ -17,7 +17,6 @@ from safetensors.torch import load_file, save_file
 from sae.atomic_files import write_atomic
 from sae.config import RunConfig
 from sae.model import SparseAutoencoder
-from sae.plots import plot_training
 
 WEIGHTS = "sae.safetensors"
 SAE_LENS_WEIGHTS = "sae_weights.safetensors"
@@ -73,6 +72,10 @@ def write_final(
     (temp / CFG).write_text(json.dumps(cfg, indent=2))
     (temp / METRICS).write_text(json.dumps(metrics, indent=2))
     if metrics.get("history"):
+        # matplotlib costs a second of CPU to import: only a finished run pays it, not every
+        # trainer start (a resumed attempt's first step waits for those imports)
+        from sae.plots import plot_training
+
         plot_training(metrics["history"], metrics.get("validation", []), temp / "training.png")
     if final_dir.exists():
         shutil.rmtree(final_dir)

@@ -154,7 +154,7 @@ class PackRun:
         self.oom_restarts: list[dict[str, Any]] = []
         self._inject_oom = inject_oom
         self._nan_at = dict(nan_at or {})
-        self._restore()
+        self.restore()
         self._segment_start = (time.monotonic(), [m.trainer.tokens for m in self.members])
 
     def _val_contexts(self) -> torch.Tensor:
@@ -163,8 +163,10 @@ class PackRun:
         needed = int((per_context < self.configs[0].early_stop.val_tokens).sum()) + 1
         return ids[:needed]
 
-    def _restore(self) -> None:
-        """Members from their newest valid checkpoints; the stream at the earliest active one."""
+    def restore(self) -> None:
+        """Members from their newest valid checkpoints; the stream at the earliest active one.
+        The constructor does it; again after checkpoints were placed in the run directories
+        (a resumed attempt whose LM was loaded before its checkpoint arrived)."""
         self.members = [
             PackMember(config, run_dir, self.lm)
             for config, run_dir in zip(self.configs, self.run_dirs, strict=True)
@@ -298,7 +300,7 @@ class PackRun:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         self.configs = configs
-        self._restore()
+        self.restore()
         for member, error in zip(self.members, errors, strict=True):
             member.error = error
         return restart

@@ -71,6 +71,11 @@ class TrainingRun:
     def done(self) -> bool:
         return self.pack.members[0].done
 
+    def restore(self) -> None:
+        """Load the newest checkpoint in the run directory again (one placed there after this
+        run was built: the LM stays loaded)."""
+        self.pack.restore()
+
     def train(
         self,
         *,

@@ -10,7 +10,10 @@ saefleet terminated it first) and the other is killed at once. Measured per job:
   lower bound without notice; exact with notice: the segment's last checkpoint) minus the step
   attempt 2 resumed from;
 - seconds from the instance's death (the kill, or the moment the notice named) to attempt 2's
-  launch and to its first progress report: negative means before the death.
+  launch and to its first progress report: negative means before the death;
+- where attempt 2's seconds went, on the same clock (`phases`): its instance ready (VERIFYING),
+  bootstrap begun, the job TRAINING (worker answering, checkpoint placed), its first segment
+  started on the worker (after the worker loaded the trainer), its first progress report.
 """
 
 from __future__ import annotations
@@ -77,7 +80,9 @@ def _measure(settings: Any) -> list[dict[str, Any]]:
     for delay, (noticed, killed) in sweeps.items():
         cases += [(delay, noticed, True), (delay, killed, False)]
     instances, deaths, steps = _preempt_each_once_training(store, provider, cases)
-    trained_again = _wait_attempt_2_progress(store, [job_id for _, job_id, _ in cases])
+    trained_again, segment_started = _wait_attempt_2_progress(
+        store, [job_id for _, job_id, _ in cases]
+    )
     rows = [
         {
             "boot_delay_s": delay,
@@ -85,6 +90,7 @@ def _measure(settings: Any) -> list[dict[str, Any]]:
             "steps_lost": _steps_lost(settings, store, job_id, instances[job_id], steps[job_id]),
             "after_death_s": round(trained_again[job_id] - deaths[job_id], 2),
             "launched_after_death_s": round(_launched_at(store, job_id) - deaths[job_id], 2),
+            "phases": _phases(store, job_id, segment_started[job_id], deaths[job_id]),
         }
         for delay, job_id, notice in cases
     ]
@@ -162,11 +168,14 @@ def _preempt_each_once_training(
     return instances, deaths, steps
 
 
-def _wait_attempt_2_progress(store: Any, job_ids: list[str]) -> dict[str, float]:
+def _wait_attempt_2_progress(
+    store: Any, job_ids: list[str]
+) -> tuple[dict[str, float], dict[str, float]]:
     """When each job's attempt 2 first reported progress (its trainer's loop started from the
-    checkpoint); the job's progress holds attempt 1's reports until then, and later reports
-    replace the first, so every job is watched at once."""
+    checkpoint), and when its first segment started; the job's progress holds attempt 1's
+    reports until then, and later reports replace the first, so every job is watched at once."""
     first: dict[str, float] = {}
+    segment_started: dict[str, float] = {}
 
     def all_training() -> bool:
         for job_id in set(job_ids) - set(first):
@@ -179,11 +188,26 @@ def _wait_attempt_2_progress(store: Any, job_ids: list[str]) -> dict[str, float]
                 continue
             at = float(job.progress.get("updated_at", 0))
             if started is not None and at > started:
-                first[job_id] = at
+                first[job_id], segment_started[job_id] = at, started
         return len(first) == len(job_ids)
 
     _wait("every attempt 2 training", all_training, every_s=0.02)
-    return first
+    return first, segment_started
+
+
+def _phases(store: Any, job_id: str, segment_started: float, death: float) -> dict[str, float]:
+    """Attempt 2's milestones in seconds after the death (see the module docstring)."""
+    entered: dict[str, float] = {}
+    for event in store.events(job_id):
+        if int(event.get("attempt", 0)) == 2:
+            entered.setdefault(event["to"], float(event["ts"]))
+    moments = {
+        "ready": entered.get("VERIFYING"),
+        "bootstrap": entered.get("BOOTSTRAPPING"),
+        "training_state": entered.get("TRAINING"),
+        "segment_started": segment_started,
+    }
+    return {name: round(at - death, 2) for name, at in moments.items() if at is not None}
 
 
 def _launched_at(store: Any, job_id: str) -> float:
@@ -217,15 +241,18 @@ def _stop_everything(settings: Any) -> None:
 
 def render(result: dict[str, Any]) -> Table:
     table = Table(title=f"preemption on the local provider (notice: {result['notice_s']:g} s)")
-    columns = ("boot_delay_s", "notice", "steps lost", "replacement launched", "training again")
-    for column in columns:
-        table.add_column(column, justify="right")
+    columns = ("boot_delay_s", "notice", "steps lost", "replacement launched")
+    milestones = ("ready", "bootstrap", "training_state", "segment_started")
+    for column in (*columns, *milestones, "training again"):
+        table.add_column(column.replace("_", " "), justify="right")
     for row in result["rows"]:
+        phases = row.get("phases", {})
         table.add_row(
             f"{row['boot_delay_s']:g}",
             "yes" if row["notice"] else "no",
             str(row["steps_lost"]),
             f"{row['launched_after_death_s']:+.1f} s",
+            *(f"{phases[m]:+.1f} s" if m in phases else "-" for m in milestones),
             f"{row['after_death_s']:+.1f} s",
         )
     table.caption = "seconds after the old instance's death (negative: before it)"

@@ -22,7 +22,7 @@ from typing import Any
 import redis
 
 from jobs.providers.local import LocalProvider
-from queue_app.celery_app import CONTROL_WORKER_QUEUES, TRAIN_SEGMENT_TASK
+from queue_app.celery_app import CONTROL_WORKER_QUEUES, TRAIN_SEGMENT_TASK, WARM_UP_TASK
 from queue_app.celery_commands import beat_argv, worker_argv
 from queue_app.connection import connect
 from queue_app.processes import stop_process
@@ -277,8 +277,8 @@ def pulled_checkpoint_while_training(store: Store, job_id: str) -> str | None:
 
 def control_messages(client: redis.Redis) -> list[str]:
     """Every control-plane task message in Redis, queued or held unacknowledged, as its headers
-    and decoded body. Training segments are left out: only the instance they were sent to runs
-    them, and the queue of a preempted instance keeps its last one forever."""
+    and decoded body. Training segments and warm-ups are left out: only the instance they were
+    sent to runs them, and the queue of a preempted instance keeps its last one forever."""
     found = []
     for key in client.scan_iter(count=1000):
         kind = client.type(key)
@@ -290,7 +290,7 @@ def control_messages(client: redis.Redis) -> list[str]:
             continue
         for value in values:
             message = _task_message(_text(value))
-            if message and message[0] != TRAIN_SEGMENT_TASK:
+            if message and message[0] not in (TRAIN_SEGMENT_TASK, WARM_UP_TASK):
                 found.append(message[1])
     return found
 

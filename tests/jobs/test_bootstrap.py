@@ -1,6 +1,6 @@
-"""Stage `bootstrap` over fake SSH: upload once, start the worker once, poll until it answers a
-ping; wait (bounded) for the SSH tunnel; a worker that dies at start-up fails the job with its
-log and terminates the instance; a duplicate uploads and starts nothing."""
+"""Stage `bootstrap` over fake SSH: upload once, start the worker once and ask it to warm up,
+poll until it answers a ping; wait (bounded) for the SSH tunnel; a worker that dies at start-up
+fails the job with its log and terminates the instance; a duplicate uploads and starts nothing."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from jobs.remote import layout_for
 from jobs.ssh import CommandResult, SSHConnectError
 from jobs.stage_base import backoff
 from jobs.stages import bootstrap
+from queue_app.celery_app import WARM_UP_TASK
 from queue_app.records import InstanceRecord
 from queue_app.statemachine import JobState
 from sae.checkpoint import write_checkpoint
@@ -60,6 +61,11 @@ def test_bootstrap_uploads_starts_the_worker_and_waits_for_its_ping(
     assert f"127.0.0.1:{BROKER_PORT}/".encode() in files[layout.broker_url_file]
     assert b"celery" in files[layout.start_script]
     assert stage_world.attempt(job_id).bootstrap_phase == "started"
+    [warm_up] = stage_world.sent  # the worker loads the trainer before the first segment
+    assert (warm_up["name"], warm_up["kwargs"]["instance_id"]) == (
+        WARM_UP_TASK,
+        instance.instance_id,
+    )
 
     assert stage_world.deliver(bootstrap, job_id).state == "RETRY"  # no answer yet
     stage_world.worker_answers(job_id, instance)
@@ -135,8 +141,10 @@ def test_a_resumed_pack_gives_each_member_its_own_newest_checkpoint_that_verifie
     (stage_world.settings.checkpoints_dir("sw1", corrupt) / broken / "state.pt").write_bytes(b"x")
     instance = stage_world.launch(pack_id, S.BOOTSTRAPPING)
     stage_world.store.update_instance(instance.instance_id, broker_port=BROKER_PORT)
+    assert stage_world.deliver(bootstrap, pack_id).state == "RETRY"  # the worker starts
+    stage_world.worker_answers(pack_id, instance)
 
-    assert stage_world.deliver(bootstrap, pack_id).state == "RETRY"
+    assert stage_world.deliver(bootstrap, pack_id) == stage_world.passed_on(pack_id)
 
     layout = layout_for(instance)
     files = stage_world.ssh.files[instance.instance_id]

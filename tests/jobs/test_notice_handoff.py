@@ -2,8 +2,9 @@
 the fakes: on the notice `supervise_training` starts attempt 2 at once and leaves the noticed
 instance running; the noticed segment may still end after attempt 2 began (the fence's one
 exception, closed with the hand-off); `notice_handoff` pulls its checkpoint, closes the hand-off
-and terminates the instance; attempt 2's bootstrap waits for the hand-off (bounded) and resumes
-from the checkpoint written on notice, or from the newest that verifies when it was lost."""
+and terminates the instance; attempt 2's bootstrap starts its worker (which loads the trainer),
+waits for the hand-off (bounded) and resumes from the checkpoint written on notice, or from the
+newest that verifies when it was lost."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from jobs.notice_handoff import HANDOFF_POLL_S, HANDOFF_WAIT_S, NOTICE_HANDOFF_T
 from jobs.providers.base import InstanceStatus
 from jobs.remote import layout_for
 from jobs.stages import bootstrap, supervise_training
+from queue_app.celery_app import WARM_UP_TASK
 from queue_app.errors import StaleAttempt
 from queue_app.records import InstanceRecord
 from queue_app.statemachine import HandoffStatus, JobState
@@ -60,6 +62,14 @@ def _attempt_2_bootstrapping(world: StageWorld, job_id: str) -> InstanceRecord:
     instance = world.launch(job_id, S.BOOTSTRAPPING)
     world.store.update_instance(instance.instance_id, broker_port=BROKER_PORT)
     return world.instance(instance.instance_id)
+
+
+def _bootstrapped(world: StageWorld, job_id: str) -> None:
+    """Attempt 2's bootstrap starts its worker, which answers, and goes on to training."""
+    new = _attempt_2_bootstrapping(world, job_id)
+    assert world.deliver(bootstrap, job_id).state == "RETRY"  # the worker starts
+    world.worker_answers(job_id, new)
+    assert world.deliver(bootstrap, job_id) == world.passed_on(job_id)
 
 
 def _look_again(world: StageWorld) -> float:
@@ -110,23 +120,30 @@ def test_the_noticed_segment_ends_after_the_next_attempt_began_and_is_handed_off
     assert hand_off(stage_world.store, settings, job_id, 1) is None  # a redelivered copy
 
 
-def test_bootstrap_waits_for_the_hand_off_then_resumes_from_the_notice_checkpoint(
+def test_bootstrap_starts_the_worker_then_waits_for_the_hand_off_and_resumes_from_it(
     stage_world: StageWorld, tmp_path: Path
 ) -> None:
     job_id, old = _noticed(stage_world)
     stage_world.deliver(supervise_training, job_id)
     new = _attempt_2_bootstrapping(stage_world, job_id)
+    layout = layout_for(new)
+    starting = stage_world.deliver(bootstrap, job_id)
+    assert starting.state == "RETRY"  # the worker starts (and warms up) while the pull goes on
+    assert layout.start_script in stage_world.ssh.files[new.instance_id]
+    [warm] = [m for m in stage_world.sent if m["name"] == WARM_UP_TASK]
+    assert warm["kwargs"] == {"job_id": job_id, "attempt": 2, "instance_id": new.instance_id}
+    stage_world.worker_answers(job_id, new)
     waiting = stage_world.deliver(bootstrap, job_id)
     assert (waiting.state, waiting.countdown) == ("RETRY", _look_again(stage_world))
-    assert stage_world.ssh.files[new.instance_id] == {}  # nothing uploaded yet
+    assert layout.restore_plan not in stage_world.ssh.files[new.instance_id]  # no checkpoint yet
 
     name = _segment_ends(stage_world, job_id, old, tmp_path)
     assert hand_off(stage_world.store, stage_world.settings, job_id, 1) is None
-    assert stage_world.deliver(bootstrap, job_id).state == "RETRY"  # uploaded; worker starting
+    assert stage_world.deliver(bootstrap, job_id) == stage_world.passed_on(job_id)
     assert stage_world.attempt(job_id, 2).resume_from == name
     assert stage_world.job(job_id).latest_checkpoint == name
     # the new instance downloads it from the store itself, by the restore plan it was given
-    plan = stage_world.ssh.files[new.instance_id][layout_for(new).restore_plan]
+    plan = stage_world.ssh.files[new.instance_id][layout.restore_plan]
     assert json.loads(plan)["name"] == name
 
 
@@ -152,8 +169,7 @@ def test_a_checkpoint_that_does_not_verify_is_not_handed_off(
     record = stage_world.attempt(job_id)
     assert record.handoff is H.LOST and "failed verification" in (record.handoff_note or "")
     assert _status(stage_world, old) is InstanceStatus.TERMINATED
-    _attempt_2_bootstrapping(stage_world, job_id)
-    assert stage_world.deliver(bootstrap, job_id).state == "RETRY"  # uploaded; worker starting
+    _bootstrapped(stage_world, job_id)
     assert stage_world.attempt(job_id, 2).resume_from == older
 
 
@@ -166,10 +182,7 @@ def test_an_instance_lost_before_its_segment_ended_closes_the_hand_off_at_once(
     assert hand_off(stage_world.store, stage_world.settings, job_id, 1) is None
     record = stage_world.attempt(job_id)
     assert record.handoff is H.LOST and "preempted" in (record.handoff_note or "")
-    new = _attempt_2_bootstrapping(stage_world, job_id)
-    assert stage_world.deliver(bootstrap, job_id).state == "RETRY"  # on, without waiting
-    assert stage_world.attempt(job_id, 2).bootstrap_phase == "started"
-    assert new.instance_id in stage_world.ssh.files
+    _bootstrapped(stage_world, job_id)  # on, without waiting
 
 
 def test_bootstrap_stops_waiting_after_the_bound_and_the_fence_closes(
@@ -178,8 +191,7 @@ def test_bootstrap_stops_waiting_after_the_bound_and_the_fence_closes(
     job_id, old = _noticed(stage_world)
     stage_world.deliver(supervise_training, job_id)
     stage_world.store.update_attempt(job_id, 1, handoff_opened_at=ago(HANDOFF_WAIT_S + 1))
-    _attempt_2_bootstrapping(stage_world, job_id)
-    assert stage_world.deliver(bootstrap, job_id).state == "RETRY"  # uploaded; worker starting
+    _bootstrapped(stage_world, job_id)
     record = stage_world.attempt(job_id)
     assert record.handoff is H.LOST and "within" in (record.handoff_note or "")
     assert stage_world.attempt(job_id, 2).resume_from is None  # nothing verified was home
@@ -236,6 +248,8 @@ def test_a_noticed_pack_hands_off_each_members_checkpoint_and_one_that_is_corrup
     assert (record.handoff, record.handoff_checkpoint) == (H.KEPT, "step-0000000007")
     new = _attempt_2_bootstrapping(stage_world, pack_id)
     assert stage_world.deliver(bootstrap, pack_id).state == "RETRY"  # uploaded; worker starting
+    stage_world.worker_answers(pack_id, new)
+    assert stage_world.deliver(bootstrap, pack_id) == stage_world.passed_on(pack_id)
     files = stage_world.ssh.files[new.instance_id]
     plans = {m: json.loads(files[layout_for(new).member_restore_plan(m)]) for m in outcomes}
     assert {m: plan["name"] for m, plan in plans.items()} == {
@@ -244,3 +258,23 @@ def test_a_noticed_pack_hands_off_each_members_checkpoint_and_one_that_is_corrup
     }
     assert stage_world.job(kept).latest_checkpoint == "step-0000000007"
     assert _status(stage_world, instance) is InstanceStatus.TERMINATED
+
+
+def test_an_attempt_preempted_before_it_trained_passes_the_wait_on_to_the_next(
+    stage_world: StageWorld, tmp_path: Path
+) -> None:
+    job_id, old = _noticed(stage_world)
+    stage_world.deliver(supervise_training, job_id)
+    stage_world.launch(job_id, S.VERIFYING)  # attempt 2, lost before its bootstrap
+    stage_world.store.transition(job_id, 2, S.PREEMPTED, reason="lost while verifying")
+    third = stage_world.launch(job_id, S.BOOTSTRAPPING)
+    stage_world.store.update_instance(third.instance_id, broker_port=BROKER_PORT)
+    assert stage_world.deliver(bootstrap, job_id).state == "RETRY"  # the worker starts
+    stage_world.worker_answers(job_id, third)
+    waiting = stage_world.deliver(bootstrap, job_id)
+    assert (waiting.state, waiting.countdown) == ("RETRY", _look_again(stage_world))
+
+    name = _segment_ends(stage_world, job_id, old, tmp_path)
+    assert hand_off(stage_world.store, stage_world.settings, job_id, 1) is None
+    assert stage_world.deliver(bootstrap, job_id) == stage_world.passed_on(job_id)
+    assert stage_world.attempt(job_id, 3).resume_from == name

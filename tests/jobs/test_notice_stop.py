@@ -1,6 +1,7 @@
 """What an interruption notice does to a training job, stage by stage against the fakes: the
 GPU-side watch moves the job to PREEMPTING and stops the segment (a rebalance recommendation
-only stops the segment). What `supervise_training` does next is in test_notice_handoff.py."""
+only stops the segment); one that comes while bootstrap runs preempts the job at once. What
+`supervise_training` does next is in test_notice_handoff.py."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 import jobs.notice_watch
 from jobs.notice_watch import CHANNEL_ENV, act_on_notice, stop_for_notice
 from jobs.providers.notice import Notice, NoticeChannel, NoticeKind, notices_json
+from jobs.stages import bootstrap
 from queue_app.statemachine import JobState
 from tests.jobs.stage_world import StageWorld
 from tests.jobs.test_training_task import Segment, Trainer, _send
@@ -50,6 +52,20 @@ def test_a_rebalance_recommendation_only_stops_the_segment(stage_world: StageWor
     act_on_notice(stage_world.store, job_id, 1, REBALANCE)
     assert stage_world.job(job_id).state is S.TRAINING
     assert stop_for_notice()
+
+
+def test_a_notice_while_bootstrap_runs_preempts_the_job_and_bootstrap_resumes_it(
+    stage_world: StageWorld,
+) -> None:
+    job_id = stage_world.sweep()
+    stage_world.launch(job_id, S.BOOTSTRAPPING)  # the worker is up and warming up
+    act_on_notice(stage_world.store, job_id, 1, INTERRUPTION)
+    job = stage_world.job(job_id)
+    assert (job.state, job.preemptions) == (S.PREEMPTED, 1)
+    assert "before training" in (job.reason or "")
+    resumed = stage_world.deliver(bootstrap, job_id)
+    assert resumed.replacement is not None
+    assert resumed.replacement.tasks[0].args[0]["attempt"] == 2
 
 
 def test_a_notice_after_training_changes_nothing(stage_world: StageWorld) -> None:

@@ -67,10 +67,17 @@ def test_resume_from_any_checkpoint_is_bit_identical(make_config, tmp_path):
     for steps in (3, 5):
         result = TrainingRun(config, tmp_path / "resumed").train(should_stop=stop_after(steps))
         assert result.stopped and not result.done
-    result = TrainingRun(config, tmp_path / "resumed").train()
+    # the last time in a run built before its checkpoint arrived (the fleet's warm-up), which
+    # restores it once it is there
+    late = TrainingRun(config, tmp_path / "late")
+    assert late.trainer.step_count == 0
+    shutil.copytree(tmp_path / "resumed" / "checkpoints", tmp_path / "late" / "checkpoints")
+    late.restore()
+    assert late.trainer.step_count == 8
+    result = late.train()
     assert result.done and result.step == 16
     straight = (tmp_path / "straight" / "final" / "sae.safetensors").read_bytes()
-    resumed = (tmp_path / "resumed" / "final" / "sae.safetensors").read_bytes()
+    resumed = (tmp_path / "late" / "final" / "sae.safetensors").read_bytes()
     assert straight == resumed
 
 

@@ -55,5 +55,11 @@ def test_a_lost_step_or_a_slow_resume_with_notice_misses_its_target() -> None:
     assert "+11.5 s" in late and "NOT met" in late
 
 
-def test_the_table_has_a_row_per_case() -> None:
-    assert render(_result(0, 8.0)).row_count == 4
+def test_the_table_has_a_row_per_case_with_where_its_seconds_went() -> None:
+    result = _result(0, 8.0)
+    result["rows"][2]["phases"] = {"ready": 0.5, "training_state": 4.0, "segment_started": 7.9}
+    table = render(result)
+    assert table.row_count == 4
+    cells = {str(column.header): list(column.cells) for column in table.columns}
+    assert cells["segment started"] == ["-", "-", "+7.9 s", "-"]
+    assert cells["bootstrap"][2] == "-"  # a milestone the run did not record
