@@ -11,15 +11,18 @@ redelivery. A pack job's segment trains all its members at once (jobs.pack_train
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Task
+from celery.signals import worker_process_init
 
 from jobs.checkpoint_restore import restore_checkpoint
 from jobs.checkpoint_upload import upload_in_background, uploads_from_here
@@ -44,6 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+TRAINER_MODULE = "sae.run"  # torch, transformers, datasets: seconds of imports
 STOP_CHECK_INTERVAL_S = 2.0
 FINISH_RETRY_S = 10 * 60.0
 _runs: dict[tuple[str, int], TrainingRun] = {}
@@ -119,6 +123,24 @@ def _new_run(store: Store, job_id: str, workdir: Path) -> TrainingRun:
     halvings = store.job(job_id).micro_batch_halvings
     config = with_halvings(_job_config(workdir).run_config(), halvings)
     return TrainingRun(config, workdir / "run", inject_oom=injected_oom(workdir))
+
+
+@worker_process_init.connect
+def import_trainer_in_background(**_: Any) -> threading.Thread:
+    """Start importing the trainer the moment the worker's pool process forks, while the worker
+    itself still starts up and bootstrap waits for its answer: `warm_up`'s own import then
+    finds the modules loaded, or waits for the rest (Python's import lock), instead of
+    starting from nothing. A failure is left for `warm_up` or the first segment to report."""
+    thread = threading.Thread(target=_import_trainer, name="import-trainer", daemon=True)
+    thread.start()
+    return thread
+
+
+def _import_trainer() -> None:
+    try:
+        importlib.import_module(TRAINER_MODULE)
+    except Exception:
+        log.warning("importing the trainer ahead of warm_up failed", exc_info=True)
 
 
 @app.task(name=WARM_UP_TASK, acks_late=False, reject_on_worker_lost=False, ignore_result=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import types
 from pathlib import Path
 from typing import Any
@@ -95,3 +96,26 @@ def test_a_pack_worker_only_imports_the_trainer(
     kwargs = {"job_id": pack_id, "attempt": 1, "instance_id": f"fake-{pack_id}-1"}
     assert warm_up.apply(kwargs=kwargs).state == "SUCCESS"
     assert (StandInRun.built, jobs.training_task._runs) == ([], {})
+
+
+def test_the_pool_process_imports_the_trainer_as_it_forks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Celery's worker_process_init starts the trainer's import in a thread, so warm_up finds
+    it loaded or waits on the import lock; a failing import is only logged."""
+    (tmp_path / "heavy_trainer.py").write_text("LOADED = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(jobs.training_task, "TRAINER_MODULE", "heavy_trainer")
+    monkeypatch.delitem(sys.modules, "heavy_trainer", raising=False)
+    from celery.signals import worker_process_init
+
+    [(_, thread)] = [
+        r for r in worker_process_init.send(sender=None) if isinstance(r[1], threading.Thread)
+    ]
+    thread.join(timeout=10)
+    assert sys.modules["heavy_trainer"].LOADED is True
+
+    monkeypatch.setattr(jobs.training_task, "TRAINER_MODULE", "no_such_trainer_module")
+    failing = jobs.training_task.import_trainer_in_background()
+    failing.join(timeout=10)
+    assert "importing the trainer ahead of warm_up failed" in caplog.text
