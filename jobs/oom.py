@@ -5,15 +5,17 @@ batch, then a larger GPU.
    the trainer does it in process (sae.pack) and restores its newest checkpoint; the GPU-side
    worker records each halving at once (`record_halving`) in the job's record
    (`micro_batch_halvings`, which every later segment and attempt trains with, so it survives
-   a preemption) and as a line on the attempt (`AttemptRecord.out_of_memory`).
+   a preemption) and as a line on the attempt (`AttemptRecord.out_of_memory`). An
+   out-of-memory in the LM forward halves the forward's batch first (`lm_batch_halvings`,
+   down to 1 context; sae.oom).
 2. Once the micro-batch cannot be halved (it must divide train.batch_tokens), the segment
    fails with `segment_out_of_memory`, supervise raises `jobs.errors.OutOfGPUMemory`, and the
    stage wrapper (jobs.stage_base) ends the attempt and starts the next one at once, from the
    newest checkpoint kept in the store, on a type with more GPU memory per GPU (`plan_move`:
    the allowed types, i.e. the sweep's provider.instance_types and gpu needs, larger than the
    one that ran out, cheapest first as placement orders them). The job's
-   `gpu_memory_above_gb` keeps later attempts there; its micro-batch starts again from its
-   own setting (the memory is what changed). These attempts do not count against
+   `gpu_memory_above_gb` keeps later attempts there; its micro-batch and LM batch start again
+   from its own settings (the memory is what changed). These attempts do not count against
    max_attempts.
 3. Nothing larger is allowed: the job FAILS, naming the micro-batches and types it tried.
 
@@ -33,11 +35,14 @@ from queue_app.store import Store
 
 
 def record_halving(store: Store, job_id: str, attempt: int, restart: dict[str, Any]) -> None:
-    """Keep one in-process halving of the micro-batch (sae.pack's `oom_restarts` entry) for
-    every later segment and attempt, and note it on the attempt (a pack's: and on each
-    member's attempt)."""
+    """Keep one in-process halving (sae.pack's `oom_restarts` entry: of the LM forward's batch
+    or of the micro-batch) for every later segment and attempt, and note it on the attempt (a
+    pack's: and on each member's attempt)."""
     job = store.job(job_id)
-    store.update_job(job_id, attempt, micro_batch_halvings=job.micro_batch_halvings + 1)
+    if restart.get("halved") == "lm_batch":
+        store.update_job(job_id, attempt, lm_batch_halvings=job.lm_batch_halvings + 1)
+    else:
+        store.update_job(job_id, attempt, micro_batch_halvings=job.micro_batch_halvings + 1)
     members = following_members(store, job_id, attempt) if job.members else []
     for owner in [job_id, *members]:
         notes = store.attempt(owner, attempt).out_of_memory

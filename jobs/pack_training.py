@@ -12,11 +12,13 @@ Test hooks: `$SAEFLEET_WORKDIR/faults.json`, read when a run is built (a single 
 - `{"nan_at": {"<member job id>": <step>}}` makes that member's loss NaN once it has taken
   that many steps (sae.pack's `nan_at`);
 - `{"oom_at": {"step": <n>, "above_micro_batch": <tokens>}}` raises torch.OutOfMemoryError at
-  step n while the micro-batch is above that many tokens (omitted: once; sae.pack's
-  `inject_oom`), on every attempt whose instance has the file.
+  step n while the micro-batch is above that many tokens (omitted: once; sae.oom's
+  `InjectedOOM`), on every attempt whose instance has the file; with `"above_lm_batch":
+  <contexts>` instead, in the LM forward while it takes more contexts than that; with
+  `"above_members": <m>`, only in a pack of more than m members.
 
-Every run is built with the micro-batch halvings the job has kept (jobs.oom), and reports each
-new one back at once.
+Every run is built with the halvings (micro-batch, LM forward batch) the job has kept
+(jobs.oom), and reports each new one back at once.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ from jobs.checkpoint_restore import restore_checkpoint
 from jobs.oom import record_halving
 from jobs.remote import RemoteLayout
 from queue_app.pack_mirror import following_members
+from queue_app.records import JobRecord
 from queue_app.store import Store
 
 if TYPE_CHECKING:
     from sae.config import RunConfig
-    from sae.pack import InjectedOOM, PackResult, PackRun
+    from sae.oom import InjectedOOM
+    from sae.pack import PackResult, PackRun
 
 FAULTS_FILE = "faults.json"
 MEMBER_CHECK_INTERVAL_S = 2.0
@@ -55,9 +59,9 @@ def pack_run(store: Store, job_id: str, attempt: int, members: list[str], workdi
                 Path(layout.member_restore_plan(member)),
                 Path(layout.member_checkpoints_dir(member)),
             )
-        halvings = store.job(job_id).micro_batch_halvings
+        pack = store.job(job_id)
         configs = [
-            with_halvings(record.job_spec.config.run_config(), halvings)
+            with_halvings(record.job_spec.config.run_config(), pack)
             for record in store.jobs(members)
         ]
         nan_at = _faults(workdir).get("nan_at", {})
@@ -70,11 +74,16 @@ def pack_run(store: Store, job_id: str, attempt: int, members: list[str], workdi
     return _packs[key]
 
 
-def with_halvings(config: RunConfig, halvings: int) -> RunConfig:
-    """`config` with the micro-batch halvings the job has kept (jobs.oom)."""
-    from sae.pack import with_micro_batch_halved
+def with_halvings(config: RunConfig, job: JobRecord) -> RunConfig:
+    """`config` with the halvings of the micro-batch and of the LM forward's batch that `job`
+    has kept (jobs.oom)."""
+    from sae.oom import with_lm_batch_halved, with_micro_batch_halved
 
-    return with_micro_batch_halved(config, halvings) if halvings else config
+    if job.micro_batch_halvings:
+        config = with_micro_batch_halved(config, job.micro_batch_halvings)
+    if job.lm_batch_halvings:
+        config = with_lm_batch_halved(config, job.lm_batch_halvings)
+    return config
 
 
 def _faults(workdir: Path) -> dict[str, Any]:
@@ -84,12 +93,17 @@ def _faults(workdir: Path) -> dict[str, Any]:
 
 def injected_oom(workdir: Path) -> InjectedOOM | None:
     """The out-of-memory fault this instance's faults.json asks for, if any."""
-    from sae.pack import InjectedOOM
+    from sae.oom import InjectedOOM
 
     fault = _faults(workdir).get("oom_at")
     if fault is None:
         return None
-    return InjectedOOM(at_step=fault["step"], above_micro_batch=fault.get("above_micro_batch"))
+    return InjectedOOM(
+        at_step=fault["step"],
+        above_micro_batch=fault.get("above_micro_batch"),
+        above_lm_batch=fault.get("above_lm_batch"),
+        above_members=fault.get("above_members"),
+    )
 
 
 class MemberWatch:

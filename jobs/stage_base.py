@@ -317,6 +317,7 @@ def resume_on_larger_type(ctx: StageContext, reason: str) -> dict[str, Any]:
         ctx.ref.attempt,
         gpu_memory_above_gb=plan.memory_gb,
         micro_batch_halvings=0,
+        lm_batch_halvings=0,
         larger_gpu_moves=job.larger_gpu_moves + 1,
     )
     ctx.store.transition(ctx.ref.job_id, ctx.ref.attempt, JobState.PREEMPTED, reason=why)

@@ -116,12 +116,11 @@ def _training_run(store: Store, job_id: str, attempt: int, workdir: Path) -> Tra
 
 
 def _new_run(store: Store, job_id: str, workdir: Path) -> TrainingRun:
-    """The job's run as uploaded, with the micro-batch halvings it has kept (jobs.oom) and any
-    injected out-of-memory fault."""
+    """The job's run as uploaded, with the halvings it has kept (jobs.oom) and any injected
+    out-of-memory fault."""
     from sae.run import TrainingRun
 
-    halvings = store.job(job_id).micro_batch_halvings
-    config = with_halvings(_job_config(workdir).run_config(), halvings)
+    config = with_halvings(_job_config(workdir).run_config(), store.job(job_id))
     return TrainingRun(config, workdir / "run", inject_oom=injected_oom(workdir))
 
 

@@ -136,6 +136,10 @@ class JobRecord(Record):
     """How often running out of GPU memory halved the micro-batch on the current GPU size:
     every later segment and attempt trains with train.grad_accum_steps x 2**this (the same
     effective batch). A move to a larger GPU type sets it back to 0 (jobs.oom)."""
+    lm_batch_halvings: int = 0
+    """How often running out of GPU memory in the LM forward halved the forward's batch
+    (`train.lm_batch_size`, at least 1 context) on the current GPU size; kept and reset like
+    `micro_batch_halvings`."""
     gpu_memory_above_gb: float | None = None
     """Set when training ran out of memory at its smallest micro-batch on a type with this
     much GPU memory: later attempts launch only on types with more (None: any type)."""

@@ -9,12 +9,13 @@ own optimiser step on it. A single run is a pack of one (sae.run).
   member loads its own newest checkpoint that verifies; the stream restarts at the earliest
   active member's position and members that are ahead skip the batches they already trained
   on, so a member whose newest checkpoint was corrupt catches up alone, bit-identically.
-- Out of memory: every member restores its newest checkpoint and retries with half the
-  micro-batch and twice the accumulation (the same effective batch); `on_oom` hears of each
-  halving at once (the fleet keeps it for later segments and attempts). OutOfMemory once the
-  micro-batch cannot be halved: it must divide train.batch_tokens for the effective batch to
-  stay exact, so a power-of-two batch halves down to 1 token. `inject_oom` (tests) raises
-  torch.OutOfMemoryError at a chosen step.
+- Out of memory: every member restores its newest checkpoint and retries with half the LM
+  forward's batch (an out-of-memory in the forward, while it is above 1 context) or else half
+  the micro-batch and twice the accumulation (the same effective batch; sae.oom); `on_oom`
+  hears of each halving at once (the fleet keeps it for later segments and attempts).
+  OutOfMemory once the micro-batch cannot be halved: it must divide train.batch_tokens for
+  the effective batch to stay exact, so a power-of-two batch halves down to 1 token.
+  `inject_oom` (tests) raises torch.OutOfMemoryError at a chosen step.
 - `nan_at` (tests) feeds member i NaN activations once it has taken n steps ({i: n}): its
   loss is NaN (reported at step n + 1) and it fails alone, as on a real divergence.
 """
@@ -24,18 +25,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from sae.activations import ActivationStream, activations_of, take_holdout
 from sae.config import RunConfig
-from sae.errors import ConfigError, OutOfMemory
+from sae.errors import ConfigError
 from sae.lm import load_lm
 from sae.member import PackMember
+from sae.oom import ForwardOutOfMemory, InjectedOOM, halve_for
 from sae.pack_rules import check_packable
 from sae.packing import valid_mask
 from sae.progress import ProgressReporter
@@ -62,15 +63,6 @@ class SegmentResult(BaseModel):
     """Why this SAE failed (it takes no more steps); None while it is healthy."""
 
 
-@dataclass(frozen=True)
-class InjectedOOM:
-    """Test hook: torch.OutOfMemoryError each time the stream reaches `at_step` while some
-    member's micro-batch is above `above_micro_batch` tokens (None: only the first time)."""
-
-    at_step: int
-    above_micro_batch: int | None = None
-
-
 class PackResult(BaseModel):
     """What one `PackRun.train()` call did."""
 
@@ -85,38 +77,6 @@ class PackResult(BaseModel):
 def run_config_of(config: RunConfig) -> RunConfig:
     """The RunConfig part of a config that may be a subclass (the fleet's JobConfig)."""
     return RunConfig.model_validate(config.model_dump(include=set(RunConfig.model_fields)))
-
-
-def with_micro_batch_halved(config: RunConfig, times: int = 1) -> RunConfig:
-    """`config` with 2**`times` the gradient accumulation: the same effective batch in
-    micro-batches 2**`times` smaller (ConfigError when they would not divide the batch)."""
-    raw = config.model_dump()
-    raw["train"]["grad_accum_steps"] *= 2**times
-    try:
-        return RunConfig.model_validate(raw)
-    except ValidationError:
-        raise ConfigError(
-            f"a micro-batch of {config.train.micro_batch_tokens} tokens cannot be halved "
-            f"{times} time(s) (train.batch_tokens / train.grad_accum_steps)"
-        ) from None
-
-
-def _half_micro_batch(config: RunConfig, message: str) -> RunConfig:
-    """`config` with twice the gradient accumulation (OutOfMemory when that is impossible)."""
-    try:
-        return with_micro_batch_halved(config)
-    except ConfigError:
-        raise OutOfMemory(
-            f"out of memory ({message}) at a micro-batch of "
-            f"{config.train.micro_batch_tokens} tokens, which cannot be halved "
-            "(train.batch_tokens / train.grad_accum_steps): a GPU with more memory is needed"
-        ) from None
-
-
-def _micro_batches(configs: Sequence[RunConfig]) -> str:
-    """The members' micro-batches in tokens ("64", or "64, 128" when they differ)."""
-    sizes = [config.train.micro_batch_tokens for config in configs]
-    return str(sizes[0]) if len(set(sizes)) == 1 else ", ".join(map(str, sizes))
 
 
 class PackRun:
@@ -213,10 +173,10 @@ class PackRun:
                 self.step(reporter.beat)
                 out_of_memory = None
             except torch.OutOfMemoryError as exc:
-                out_of_memory = str(exc)  # recover below, once the traceback (and the
-                # tensors its frames hold) is gone
+                out_of_memory = (str(exc), isinstance(exc, ForwardOutOfMemory))  # recover
+                # below, once the traceback (and the tensors its frames hold) is gone
             if out_of_memory is not None:
-                restart = self._recover_from_oom(out_of_memory)
+                restart = self._recover_from_oom(*out_of_memory)
                 if on_oom is not None:
                     on_oom(restart)
                 start_tokens = [member.trainer.tokens for member in self.members]
@@ -243,8 +203,12 @@ class PackRun:
     def step(self, tick: Callable[[], None] = lambda: None) -> None:
         """One batch of the stream (one LM forward, done in chunks of shuffle_buffer_tokens);
         each active member in step with it trains on it. Raises torch.OutOfMemoryError."""
-        self._maybe_inject_oom()
-        batch = self.stream.next_batch(tick=tick)
+        self._maybe_inject_oom(in_forward=False)
+        try:
+            self._maybe_inject_oom(in_forward=True)
+            batch = self.stream.next_batch(tick=tick)
+        except torch.OutOfMemoryError as exc:
+            raise ForwardOutOfMemory(str(exc)) from None
         for index, member in enumerate(self.members):
             if not member.active or member.step != self.position:
                 continue
@@ -269,31 +233,22 @@ class PackRun:
                 )
         self.position += 1
 
-    def _maybe_inject_oom(self) -> None:
+    def _maybe_inject_oom(self, in_forward: bool) -> None:
         fault = self._inject_oom
-        if fault is None or fault.at_step != self.position:
+        if fault is None or (fault.above_lm_batch is not None) != in_forward:
             return
-        if fault.above_micro_batch is None:
+        if not fault.fires(self.position, self.configs):
+            return
+        if fault.once:
             self._inject_oom = None
-        elif max(c.train.micro_batch_tokens for c in self.configs) <= fault.above_micro_batch:
-            return
         raise torch.OutOfMemoryError(f"injected out-of-memory at step {self.position}")
 
-    def _recover_from_oom(self, message: str) -> dict[str, Any]:
-        """Restore every member from its newest checkpoint with half the micro-batch; return
-        the entry recorded in `oom_restarts`."""
-        configs = [_half_micro_batch(config, message) for config in self.configs]
-        note = (
-            f"out of memory at step {self.position}; micro-batch "
-            f"{_micro_batches(self.configs)} -> {_micro_batches(configs)} tokens"
-        )
-        log.warning("%s (%s): resuming from the newest checkpoints", note, message)
-        restart = {
-            "at_step": self.position,
-            "grad_accum_steps": [c.train.grad_accum_steps for c in configs],
-            "micro_batch_tokens": [c.train.micro_batch_tokens for c in configs],
-            "note": note,
-        }
+    def _recover_from_oom(self, message: str, in_forward: bool) -> dict[str, Any]:
+        """Restore every member from its newest checkpoint with half the LM forward's batch
+        (an out-of-memory in the forward) or half the micro-batch (sae.oom); return the entry
+        recorded in `oom_restarts`."""
+        configs, restart = halve_for(self.configs, self.position, message, in_forward)
+        log.warning("%s (%s): resuming from the newest checkpoints", restart["note"], message)
         self.oom_restarts.append(restart)
         errors = [member.error for member in self.members]
         del self.members, self.stream

@@ -22,7 +22,8 @@ from torch import Tensor
 from sae.checkpoint import latest_valid_checkpoint, verify_checkpoint
 from sae.config import RunConfig
 from sae.lm import LoadedLM
-from sae.pack import InjectedOOM, PackRun, SegmentResult, run_config_of
+from sae.oom import InjectedOOM
+from sae.pack import PackRun, SegmentResult, run_config_of
 from sae.trainer import SAETrainer
 
 __all__ = [

@@ -22,7 +22,7 @@ from jobs.training_task import train_segment
 from queue_app.statemachine import JobState
 from sae.checkpoint import checkpoint_name
 from sae.errors import OutOfMemory
-from sae.pack import InjectedOOM
+from sae.oom import InjectedOOM
 from tests.jobs.stage_world import StageWorld
 
 S = JobState
@@ -156,6 +156,17 @@ def test_each_halving_of_the_micro_batch_is_kept_for_later_attempts(
     assert stage_world.attempt(job_id).segment_status == "done"
 
 
+def test_a_halving_of_the_lm_forward_batch_is_kept_apart(
+    stage_world: StageWorld, trainer: Trainer
+) -> None:
+    note = "out of memory in the LM forward at step 5; LM batch 8 -> 4 contexts"
+    trainer.oom_restarts = [{"at_step": 5, "halved": "lm_batch", "note": note}]
+    job_id = _send(stage_world)
+    job = stage_world.job(job_id)
+    assert (job.lm_batch_halvings, job.micro_batch_halvings) == (1, 0)
+    assert stage_world.attempt(job_id).out_of_memory == [note]
+
+
 def test_out_of_memory_at_the_smallest_micro_batch_marks_the_failed_segment(
     stage_world: StageWorld, trainer: Trainer
 ) -> None:
@@ -175,7 +186,7 @@ def test_a_resumed_attempt_trains_with_the_kept_halvings_and_the_injected_fault(
     (workdir / "job.json").write_text(json.dumps(stage_world.job(job_id).spec["config"]))
     (workdir / FAULTS_FILE).write_text(json.dumps({"oom_at": {"step": 3, "above_micro_batch": 64}}))
     stage_world.launch(job_id, S.TRAINING)
-    stage_world.store.update_job(job_id, 1, micro_batch_halvings=2)
+    stage_world.store.update_job(job_id, 1, micro_batch_halvings=2, lm_batch_halvings=1)
     stage_world.store.transition(job_id, 1, S.PREEMPTED)
     stage_world.store.begin_attempt(job_id, 2)
     built: dict[str, Any] = {}
@@ -185,4 +196,6 @@ def test_a_resumed_attempt_trains_with_the_kept_halvings_and_the_injected_fault(
     jobs.training_task._training_run(stage_world.store, job_id, 2, workdir)
     spec_accum = stage_world.job(job_id).job_spec.config.train.grad_accum_steps
     assert built["config"].train.grad_accum_steps == 4 * spec_accum
+    spec_lm_batch = stage_world.job(job_id).job_spec.config.train.lm_batch_size
+    assert built["config"].train.lm_batch_size == max(1, spec_lm_batch // 2)
     assert built["inject_oom"] == InjectedOOM(at_step=3, above_micro_batch=64)

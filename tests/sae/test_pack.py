@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from sae.checkpoint import list_checkpoints
 from sae.errors import ConfigError, OutOfMemory
-from sae.pack import InjectedOOM, PackRun, with_micro_batch_halved
+from sae.oom import InjectedOOM, halve_for, with_lm_batch_halved, with_micro_batch_halved
+from sae.pack import PackRun
 from sae.pack_rules import check_packable, stream_key
 from sae.run import TrainingRun
 from tests.sae.conftest import tiny_config
@@ -117,6 +118,7 @@ def test_out_of_memory_resumes_with_half_the_micro_batch(tiny_lm, corpus, straig
     assert result.oom_restarts == [
         {
             "at_step": 5,
+            "halved": "micro_batch",
             "grad_accum_steps": [2, 2],
             "micro_batch_tokens": [256, 256],
             "note": "out of memory at step 5; micro-batch 512 -> 256 tokens",
@@ -142,6 +144,30 @@ def test_out_of_memory_halves_until_the_micro_batch_fits(tiny_lm, corpus, straig
     assert [r["micro_batch_tokens"] for r in result.oom_restarts] == [[256, 256], [128, 128]]
     assert all(m.done and m.step == STEPS for m in result.members)
     assert_close_weights(dirs, straight)
+
+
+def test_out_of_memory_in_the_lm_forward_halves_its_batch(tiny_lm, corpus, straight, tmp_path):
+    """The same activations in smaller forwards: the micro-batch stays, the math too."""
+    configs = members(tiny_lm, corpus, checkpoint_every_tokens=1024, lm_batch_size=4)
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    fault = InjectedOOM(at_step=3, above_lm_batch=1)  # the forward fits 1 context only
+    pack = PackRun(configs, dirs, inject_oom=fault)
+    result = pack.train()
+    assert [r["note"] for r in result.oom_restarts] == [
+        "out of memory in the LM forward at step 3; LM batch 4 -> 2 contexts",
+        "out of memory in the LM forward at step 3; LM batch 2 -> 1 contexts",
+    ]
+    assert all(m.done and m.step == STEPS for m in result.members)
+    assert [c.train.micro_batch_tokens for c in pack.configs] == [512, 512]
+    assert_close_weights(dirs, straight)
+
+
+def test_at_one_context_per_forward_the_micro_batch_halves(tiny_lm, corpus) -> None:
+    config = tiny_config(tiny_lm, corpus, train={"total_tokens": 1024, "lm_batch_size": 1})
+    halved, restart = halve_for([config], 7, "CUDA out of memory", in_forward=True)
+    assert restart["halved"] == "micro_batch"
+    assert halved[0].train.micro_batch_tokens == config.train.micro_batch_tokens // 2
+    assert with_lm_batch_halved(config.model_copy(), 5).train.lm_batch_size == 1
 
 
 def test_a_new_process_resumes_with_the_halved_micro_batch(tiny_lm, corpus, straight, tmp_path):
