@@ -59,6 +59,8 @@ class MovePlan:
     """Its GPU memory per GPU (0 when the provider does not say): the new floor."""
     larger: list[str]
     """Allowed types with more GPU memory, cheapest first (empty: nowhere to go)."""
+    larger_gb: list[float]
+    """Their GPU memory per GPU, in the same order."""
 
 
 def plan_move(
@@ -76,6 +78,7 @@ def plan_move(
         ran_out_on=f"{instance_type or 'an unknown type'} ({memory:g} GB)",
         memory_gb=memory,
         larger=[t.name for t in larger],
+        larger_gb=[t.gpu_memory_gb for t in larger],
     )
 
 
@@ -104,9 +107,18 @@ def types_tried(store: Store, job_id: str) -> list[str]:
 
 def micro_batches_tried(config: JobConfig) -> str:
     """The micro-batches from the job's own down to the smallest, as halving walks them."""
+    return " -> ".join(map(str, _micro_batch_walk(config))) + " tokens"
+
+
+def smallest_micro_batch(config: JobConfig) -> int:
+    """Where halving the job's micro-batch stops."""
+    return _micro_batch_walk(config)[-1]
+
+
+def _micro_batch_walk(config: JobConfig) -> list[int]:
     sizes, size = [], config.train.micro_batch_tokens
     while True:
         sizes.append(size)
         if size % 2:  # half of it would not divide the batch
-            return " -> ".join(map(str, sizes)) + " tokens"
+            return sizes
         size //= 2

@@ -7,7 +7,8 @@ A stage's body receives a `StageContext` and either returns (the chain moves on)
     StageFailed / any error      -> was the instance lost? yes: preemption, no: job FAILED
     JobsError with `retryable`   -> retried with backoff, then treated as a failure
     InstanceLost                 -> preemption: attempt+1 resumes by replacing this task
-    OutOfGPUMemory               -> attempt+1 on a larger GPU type, or FAILED when none is left
+    OutOfGPUMemory               -> attempt+1 on a larger GPU type, a pack split (jobs.pack_split),
+                                    or FAILED when neither is left
     StaleAttempt                 -> the task is late: it does nothing (Ignore)
     IllegalTransition after a copy of the task moved the job on -> this copy stops (Ignore)
     redis ConnectionError        -> the message goes back to the broker (Reject, requeue)
@@ -34,6 +35,7 @@ from jobs.errors import InstanceLost, JobsError, OutOfGPUMemory, StageFailed
 from jobs.instances import provider_for, provider_lost_instance
 from jobs.instances import request_termination as _request_termination
 from jobs.oom import nothing_larger, plan_move
+from jobs.pack_split import plan_split, split_pack
 from jobs.pipeline import STAGES, JobRef, job_is_past, stage_chain, stage_task_name
 from jobs.providers import Provider
 from jobs.results import job_result
@@ -44,6 +46,7 @@ from queue_app.errors import IllegalTransition, NotFoundError, StaleAttempt
 from queue_app.jobspec import JobConfig
 from queue_app.logs import log_context
 from queue_app.notify import Event, notify
+from queue_app.pack_mirror import following_members
 from queue_app.records import AttemptRecord, InstanceRecord, JobRecord
 from queue_app.settings import Settings, get_settings
 from queue_app.statemachine import HandoffStatus, JobState
@@ -296,7 +299,8 @@ def preempt(ctx: StageContext, reason: str, at_once: bool = False) -> dict[str, 
 
 def resume_on_larger_type(ctx: StageContext, reason: str) -> dict[str, Any]:
     """Out of memory at the smallest micro-batch (jobs.oom): attempt+1 on an allowed type with
-    more GPU memory per GPU, at once, from the newest checkpoint; FAILED when none is left."""
+    more GPU memory per GPU, at once, from the newest checkpoint; a pack that fits no larger
+    type whole splits instead; FAILED when nothing is left to try."""
     if ctx.store.job(ctx.ref.job_id).state is not JobState.TRAINING:
         return fail_or_preempt(ctx, reason)  # the watchdog or a user moved it meanwhile
     instance = ctx.instance()
@@ -306,6 +310,13 @@ def resume_on_larger_type(ctx: StageContext, reason: str) -> dict[str, Any]:
         ctx.job.job_spec.provider,
         instance.instance_type if instance else None,
     )
+    members = following_members(ctx.store, ctx.ref.job_id, ctx.ref.attempt)
+    split = plan_split(ctx.job, ctx.store.jobs(members), plan) if ctx.job.members else None
+    if split is not None:  # a pack that fits no larger type whole (jobs.pack_split)
+        why = f"{reason}; {split.note}"
+        ctx.store.transition(ctx.ref.job_id, ctx.ref.attempt, JobState.PREEMPTED, reason=why)
+        split_pack(ctx.store, ctx.ref, split)
+        return resume(ctx, why, at_once=True)
     if not plan.larger:
         return fail(ctx, nothing_larger(ctx.store, ctx.ref.job_id, ctx.config, plan, reason))
     why = f"{reason}; next attempt on a type with more GPU memory than {plan.ran_out_on}"
@@ -318,7 +329,7 @@ def resume_on_larger_type(ctx: StageContext, reason: str) -> dict[str, Any]:
         gpu_memory_above_gb=plan.memory_gb,
         micro_batch_halvings=0,
         lm_batch_halvings=0,
-        larger_gpu_moves=job.larger_gpu_moves + 1,
+        memory_moves=job.memory_moves + 1,
     )
     ctx.store.transition(ctx.ref.job_id, ctx.ref.attempt, JobState.PREEMPTED, reason=why)
     return resume(ctx, why, at_once=True)
@@ -335,7 +346,7 @@ def resume(
     job = ctx.store.job(ctx.ref.job_id)
     config = ctx.config
     history = f"{job.preemptions} preemption(s), last: {reason}"
-    if not paused and job.attempt - _pauses(ctx) - job.larger_gpu_moves >= config.max_attempts:
+    if not paused and job.attempt - _pauses(ctx) - job.memory_moves >= config.max_attempts:
         return fail(ctx, f"gave up after {job.attempt} attempts (max_attempts): {history}")
     if config.capacity == "spot" and job.preemptions > config.max_preemptions:
         return fail(ctx, f"spot job preempted more than max_preemptions: {history}")

@@ -7,14 +7,20 @@ failure, a cancel) moves the member only; from then on it no longer follows the 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
 from queue_app.errors import IllegalTransition, NotFoundError, StaleAttempt
+from queue_app.keys import JOBS, attempt_key, events_key, job_key, sweep_key
 from queue_app.statemachine import JobState
 
 if TYPE_CHECKING:
+    from redis.client import Pipeline
+
+    from queue_app.records import AttemptRecord, JobRecord
     from queue_app.store import Store
 
 log = logging.getLogger(__name__)
@@ -31,6 +37,33 @@ def pack_id_for(sweep_id: str, number: int) -> str:
 
 def is_pack_id(job_id: str) -> bool:
     return _PACK_ID.search(job_id) is not None
+
+
+def add_packs(
+    store: Store, sweep_id: str, packs: list[tuple[JobRecord, AttemptRecord]]
+) -> list[str]:
+    """Add pack jobs to a sweep (a pack split, jobs.pack_split) in one transaction: each record
+    with its current attempt's, numbered after the sweep's last pack; returns their ids. The
+    records' own ids are replaced."""
+
+    def add(pipe: Pipeline) -> list[str]:
+        ids = json.loads(pipe.hget(sweep_key(sweep_id), "pack_ids") or "[]")
+        last = max((int(i.rsplit("-p", 1)[1]) for i in ids), default=-1)
+        new = [pack_id_for(sweep_id, last + 1 + n) for n in range(len(packs))]
+        pipe.multi()
+        for pack_id, (job, attempt) in zip(new, packs, strict=True):
+            pipe.hset(job_key(pack_id), mapping={**job.to_hash(), "job_id": pack_id})
+            pipe.zadd(JOBS, {pack_id: job.created_at})
+            event = {"ts": time.time(), "attempt": job.attempt, "to": str(job.state)}
+            pipe.rpush(events_key(pack_id), json.dumps({**event, "reason": job.reason or ""}))
+            pipe.hset(
+                attempt_key(pack_id, job.attempt), mapping={**attempt.to_hash(), "job_id": pack_id}
+            )
+        pipe.hset(sweep_key(sweep_id), "pack_ids", json.dumps(ids + new))
+        return new
+
+    new: list[str] = store.r.transaction(add, sweep_key(sweep_id), value_from_callable=True)
+    return new
 
 
 def following_members(store: Store, pack_id: str, attempt: int) -> list[str]:

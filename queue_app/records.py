@@ -143,8 +143,9 @@ class JobRecord(Record):
     gpu_memory_above_gb: float | None = None
     """Set when training ran out of memory at its smallest micro-batch on a type with this
     much GPU memory: later attempts launch only on types with more (None: any type)."""
-    larger_gpu_moves: int = 0
-    """Attempts ended to move to a larger GPU type (they do not count against max_attempts)."""
+    memory_moves: int = 0
+    """Attempts ended, out of memory at the smallest micro-batch, to move to a larger GPU type
+    or to split a pack (they do not count against max_attempts; jobs.oom)."""
 
     @property
     def terminal(self) -> bool:

@@ -101,8 +101,17 @@ class StageWorld(FakeFleet):
 
     # ---- what the stages reach instead of the broker (see the stage_world fixture) ---------
 
-    def record_send(self, name: str, kwargs: dict[str, Any], task_id: str, **_: Any) -> None:
-        self.sent.append({"name": name, "kwargs": kwargs, "task_id": task_id})
+    def record_send(
+        self,
+        name: str,
+        args: Any = None,
+        kwargs: dict[str, Any] | None = None,
+        task_id: str | None = None,
+        **_: Any,
+    ) -> None:
+        """A sent task; a chain's head (sent by Celery with `args`) with them as `args`."""
+        sent = {"name": name, "kwargs": kwargs or {}, "task_id": task_id}
+        self.sent.append({**sent, "args": list(args)} if args else sent)
 
     def answer_ping(self, destination: list[str], timeout: float = 1.0) -> list[dict[str, Any]]:
         return [{node: {"ok": "pong"}} for node in destination if node in self.workers_up]

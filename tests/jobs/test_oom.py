@@ -58,7 +58,7 @@ def test_the_next_attempt_goes_to_the_cheapest_larger_type_at_once(
     head = delivery.replacement.tasks[0]
     assert (head.args[0]["attempt"], head.options.get("countdown")) == (2, None)
     job = stage_world.job(job_id)
-    assert (job.state, job.preemptions, job.larger_gpu_moves) == (S.PREEMPTED, 0, 1)
+    assert (job.state, job.preemptions, job.memory_moves) == (S.PREEMPTED, 0, 1)
     assert (job.gpu_memory_above_gb, job.micro_batch_halvings) == (24, 0)
     why = stage_world.attempt(job_id).out_of_memory[-1]
     assert why.startswith("supervise_training: training segment 1: OutOfMemory")
@@ -83,7 +83,7 @@ def test_with_no_larger_type_allowed_the_job_fails_naming_what_it_tried(
     assert "tried micro-batches 128 -> 64 -> 32 -> 16 -> 8 -> 4 -> 2 -> 1 tokens" in reason
     assert "on gpu_1x_a100, and no allowed type has more GPU memory than" in reason
     assert reason.endswith("gpu_1x_a100 (40 GB) (provider.instance_types, gpu)")
-    assert stage_world.job(instance.job_id).larger_gpu_moves == 0
+    assert stage_world.job(instance.job_id).memory_moves == 0
 
 
 def test_only_allowed_types_with_more_memory_are_candidates() -> None:
