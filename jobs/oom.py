@@ -19,7 +19,10 @@ batch, then a larger GPU.
    max_attempts.
 3. Nothing larger is allowed: the job FAILS, naming the micro-batches and types it tried.
 
-A pack moves as a whole (its members follow the pack job); splitting it is not done yet.
+A pack moves as a whole (its members follow the pack job) when the planner's memory model
+says it fits a larger allowed type; otherwise it splits into packs that do (or, with nothing
+larger, into halves on the same type) and each resumes its members from their own newest
+checkpoints (jobs.pack_split). A pack of one never splits: it moves or FAILS as above.
 """
 
 from __future__ import annotations

@@ -184,7 +184,8 @@ def test_a_resumed_attempt_trains_with_the_kept_halvings_and_the_injected_fault(
     workdir = tmp_path / "instance"
     workdir.mkdir()
     (workdir / "job.json").write_text(json.dumps(stage_world.job(job_id).spec["config"]))
-    (workdir / FAULTS_FILE).write_text(json.dumps({"oom_at": {"step": 3, "above_micro_batch": 64}}))
+    fault = {"step": 3, "above_micro_batch": 64, "above_members": 1}
+    (workdir / FAULTS_FILE).write_text(json.dumps({"oom_at": fault}))
     stage_world.launch(job_id, S.TRAINING)
     stage_world.store.update_job(job_id, 1, micro_batch_halvings=2, lm_batch_halvings=1)
     stage_world.store.transition(job_id, 1, S.PREEMPTED)
@@ -198,4 +199,4 @@ def test_a_resumed_attempt_trains_with_the_kept_halvings_and_the_injected_fault(
     assert built["config"].train.grad_accum_steps == 4 * spec_accum
     spec_lm_batch = stage_world.job(job_id).job_spec.config.train.lm_batch_size
     assert built["config"].train.lm_batch_size == max(1, spec_lm_batch // 2)
-    assert built["inject_oom"] == InjectedOOM(at_step=3, above_micro_batch=64)
+    assert built["inject_oom"] == InjectedOOM(at_step=3, above_micro_batch=64, above_members=1)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from sae.checkpoint import list_checkpoints
 from sae.errors import ConfigError, OutOfMemory
-from sae.oom import InjectedOOM, halve_for, with_lm_batch_halved, with_micro_batch_halved
+from sae.oom import InjectedOOM, with_micro_batch_halved
 from sae.pack import PackRun
 from sae.pack_rules import check_packable, stream_key
 from sae.run import TrainingRun
@@ -160,14 +160,6 @@ def test_out_of_memory_in_the_lm_forward_halves_its_batch(tiny_lm, corpus, strai
     assert all(m.done and m.step == STEPS for m in result.members)
     assert [c.train.micro_batch_tokens for c in pack.configs] == [512, 512]
     assert_close_weights(dirs, straight)
-
-
-def test_at_one_context_per_forward_the_micro_batch_halves(tiny_lm, corpus) -> None:
-    config = tiny_config(tiny_lm, corpus, train={"total_tokens": 1024, "lm_batch_size": 1})
-    halved, restart = halve_for([config], 7, "CUDA out of memory", in_forward=True)
-    assert restart["halved"] == "micro_batch"
-    assert halved[0].train.micro_batch_tokens == config.train.micro_batch_tokens // 2
-    assert with_lm_batch_halved(config.model_copy(), 5).train.lm_batch_size == 1
 
 
 def test_a_new_process_resumes_with_the_halved_micro_batch(tiny_lm, corpus, straight, tmp_path):
