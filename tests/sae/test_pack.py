@@ -148,15 +148,15 @@ def test_out_of_memory_halves_until_the_micro_batch_fits(tiny_lm, corpus, straig
 
 def test_out_of_memory_in_the_lm_forward_halves_its_batch(tiny_lm, corpus, straight, tmp_path):
     """The same activations in smaller forwards: the micro-batch stays, the math too."""
-    configs = members(tiny_lm, corpus, checkpoint_every_tokens=1024, lm_batch_size=4)
+    configs = members(tiny_lm, corpus, checkpoint_every_tokens=1024)
     dirs = [tmp_path / "a", tmp_path / "b"]
-    fault = InjectedOOM(at_step=3, above_lm_batch=1)  # the forward fits 1 context only
+    fault = InjectedOOM(at_step=3, above_lm_batch=8)  # the forward fits 8 contexts only
     pack = PackRun(configs, dirs, inject_oom=fault)
     result = pack.train()
     assert [r["note"] for r in result.oom_restarts] == [
-        "out of memory in the LM forward at step 3; LM batch 4 -> 2 contexts",
-        "out of memory in the LM forward at step 3; LM batch 2 -> 1 contexts",
+        "out of memory in the LM forward at step 3; LM batch 16 -> 8 contexts"
     ]
+    assert [c.train.lm_batch_size for c in pack.configs] == [8, 8]
     assert all(m.done and m.step == STEPS for m in result.members)
     assert [c.train.micro_batch_tokens for c in pack.configs] == [512, 512]
     assert_close_weights(dirs, straight)
@@ -174,6 +174,19 @@ def test_a_new_process_resumes_with_the_halved_micro_batch(tiny_lm, corpus, stra
     assert resumed.position == 3
     assert all(m.done for m in resumed.train().members)
     assert_close_weights(dirs, straight)
+
+
+def test_a_split_pack_goes_on_from_each_members_own_checkpoint(tiny_lm, corpus, straight, tmp_path):
+    """What a split does (jobs.pack_split): each member resumes in a smaller pack, here alone,
+    from its own checkpoint of the pack (all at one stream position): bit-identical."""
+    configs = members(tiny_lm, corpus)
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    PackRun(configs, dirs).train(should_stop=stop_after(3))
+    for config, run_dir in zip(configs, dirs, strict=True):
+        alone = PackRun([config], [run_dir])
+        assert alone.position == 3 and alone.train().members[0].done
+    for ours, theirs in zip(dirs, straight, strict=True):
+        assert_same_weights(ours, theirs)
 
 
 def test_out_of_memory_at_the_smallest_micro_batch_says_so(tiny_lm, corpus, tmp_path):
