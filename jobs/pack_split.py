@@ -28,7 +28,7 @@ from jobs.oom import MovePlan, smallest_micro_batch
 from jobs.packs import USABLE_MEMORY_FRACTION, group_jobs, memory_gb
 from jobs.pipeline import JobRef, stage_chain
 from jobs.throughput import ModelShape, model_shape
-from queue_app.pack_mirror import add_packs
+from queue_app.pack_mirror import add_packs, following_members
 from queue_app.records import AttemptRecord, JobRecord
 from queue_app.store import Store
 
@@ -43,6 +43,14 @@ class SplitPlan:
     """Each group's `gpu_memory_above_gb`: its next attempts take types with more."""
     note: str
     """Why, for the attempts ("pack of 4 out of memory on ...; split into 2 packs of 2")."""
+
+
+def pack_split_plan(store: Store, job: JobRecord, attempt: int, move: MovePlan) -> SplitPlan | None:
+    """How `job`, out of memory at its smallest micro-batch in `attempt`, splits: None for a
+    job that is not a pack, or a pack that does not split."""
+    if not job.members:
+        return None
+    return plan_split(job, store.jobs(following_members(store, job.job_id, attempt)), move)
 
 
 def plan_split(pack: JobRecord, members: list[JobRecord], move: MovePlan) -> SplitPlan | None:
@@ -105,11 +113,11 @@ def split_pack(store: Store, ref: JobRef, plan: SplitPlan) -> list[str]:
     """Re-form the members of pack `ref.job_id`, PREEMPTED at `ref.attempt`, as `plan` says
     (see the module docstring); the caller resumes the pack job itself. Returns the new pack
     jobs' ids, whose chains are sent."""
-    attempt, why = ref.attempt, store.job(ref.job_id).reason or plan.note
+    attempt, pack = ref.attempt, store.job(ref.job_id)
+    why = pack.reason or plan.note
     for owner in [ref.job_id, *(m for group in plan.groups for m in group)]:
         notes = store.attempt(owner, attempt).out_of_memory
         store.update_attempt(owner, attempt, out_of_memory=[*notes, plan.note])
-    pack = store.job(ref.job_id)
     fresh = {
         "micro_batch_halvings": 0,
         "lm_batch_halvings": 0,

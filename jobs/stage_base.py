@@ -35,7 +35,7 @@ from jobs.errors import InstanceLost, JobsError, OutOfGPUMemory, StageFailed
 from jobs.instances import provider_for, provider_lost_instance
 from jobs.instances import request_termination as _request_termination
 from jobs.oom import nothing_larger, plan_move
-from jobs.pack_split import plan_split, split_pack
+from jobs.pack_split import pack_split_plan, split_pack
 from jobs.pipeline import STAGES, JobRef, job_is_past, stage_chain, stage_task_name
 from jobs.providers import Provider
 from jobs.results import job_result
@@ -46,7 +46,6 @@ from queue_app.errors import IllegalTransition, NotFoundError, StaleAttempt
 from queue_app.jobspec import JobConfig
 from queue_app.logs import log_context
 from queue_app.notify import Event, notify
-from queue_app.pack_mirror import following_members
 from queue_app.records import AttemptRecord, InstanceRecord, JobRecord
 from queue_app.settings import Settings, get_settings
 from queue_app.statemachine import HandoffStatus, JobState
@@ -310,9 +309,8 @@ def resume_on_larger_type(ctx: StageContext, reason: str) -> dict[str, Any]:
         ctx.job.job_spec.provider,
         instance.instance_type if instance else None,
     )
-    members = following_members(ctx.store, ctx.ref.job_id, ctx.ref.attempt)
-    split = plan_split(ctx.job, ctx.store.jobs(members), plan) if ctx.job.members else None
-    if split is not None:  # a pack that fits no larger type whole (jobs.pack_split)
+    split = pack_split_plan(ctx.store, ctx.job, ctx.ref.attempt, plan)
+    if split is not None:  # a pack that fits no larger type whole
         why = f"{reason}; {split.note}"
         ctx.store.transition(ctx.ref.job_id, ctx.ref.attempt, JobState.PREEMPTED, reason=why)
         split_pack(ctx.store, ctx.ref, split)

@@ -2,7 +2,8 @@
 the instance stages for jobs that train together on one instance, and each of its moves is
 repeated on every member still in the pack (neither terminal nor left), through that member's
 own compare-and-set with the same attempt. What is a member's alone (its success, its own
-failure, a cancel) moves the member only; from then on it no longer follows the pack.
+failure, a cancel) moves the member only; from then on it no longer follows the pack. A pack
+split for memory (jobs.pack_split) adds pack jobs to its sweep with `add_packs`.
 """
 
 from __future__ import annotations
