@@ -11,7 +11,7 @@ import time
 import pytest
 
 from jobs.oom import MovePlan
-from jobs.pack_split import plan_split
+from jobs.pack_split import SplitPlan, plan_split, split_pack
 from jobs.provision import provision
 from jobs.stages import follow_pack, supervise_training
 from jobs.submission import job_records
@@ -154,3 +154,18 @@ def test_halves_go_down_to_single_jobs_and_a_single_job_at_its_floor_fails(
     reason = stage_world.failure(pack_id)
     assert "no allowed type has more GPU memory than gpu_1x_a100 (40 GB)" in reason
     assert stage_world.job(member_ids[0]).state is S.FAILED
+
+
+def test_each_new_pack_takes_its_own_types_and_its_first_members_spec(
+    stage_world: StageWorld,
+) -> None:
+    pack_id, (a, b, c) = stage_world.pack(members=3, own={1: {"sae.k": 4}})
+    stage_world.launch(pack_id, S.TRAINING)
+    stage_world.store.transition(pack_id, 1, S.PREEMPTED, reason="out of memory; split")
+    plan = SplitPlan([[a], [b, c]], [40, 24], "split into packs of 1, 2")
+    [new_id] = split_pack(stage_world.store, stage_world.ref(pack_id), plan)
+    pack, new = stage_world.job(pack_id), stage_world.job(new_id)
+    assert (pack.members, pack.gpu_memory_above_gb, pack.name) == ([a], 40, "pack of k0")
+    assert (new.members, new.gpu_memory_above_gb, new.name) == ([b, c], 24, "pack of k1; k2")
+    assert new.job_spec.config.sae.k == 4 and new.reason == "out of memory; split"
+    assert stage_world.store.events(new_id)[-1]["to"] == "PREEMPTED"
