@@ -147,6 +147,7 @@ def job_json(store: Store, job: JobRecord, detail: bool = False) -> dict[str, An
     if detail:
         out["members"] = job.members
         out["micro_batch_halvings"] = job.micro_batch_halvings
+        out["lm_batch_halvings"] = job.lm_batch_halvings
         out["gpu_memory_above_gb"] = job.gpu_memory_above_gb
         out["config"] = job.job_spec.config.model_dump(mode="json", exclude_unset=True)
         out["attempts"] = [a.model_dump(mode="json") for a in store.attempts(job.job_id)]
