@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +33,27 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a pytest-xdist worker under `--dist loadgroup`, every test of an `xdist_group` must
+    carry the group in its id (xdist adds it, and schedules by it): otherwise the group's tests
+    spread over the workers, and a module fixture (a whole scenario) runs once on each."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    lost = [
+        item.nodeid
+        for item in items
+        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid.rpartition("]")[2]
+    ]
+    if lost:
+        message = (
+            f"pytest-xdist could not group {len(lost)} test(s) ({lost[0]}, ...) with this "
+            f"pytest {pytest.__version__}: install a pytest that pyproject.toml allows"
+        )
+        print(message, file=sys.__stderr__)  # the controller shows only its own assertion
+        raise pytest.UsageError(message)
 
 
 @pytest.fixture(scope="session")
