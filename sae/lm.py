@@ -69,7 +69,7 @@ def _load(name: str, device: torch.device, dtype: torch.dtype, token_env: str) -
         )
     except (OSError, ValueError) as exc:
         raise _load_error(name, token_env, token, exc) from exc
-    model.to(device)  # type: ignore[arg-type]
+    model.to(device)
     model.eval().requires_grad_(False)
     return LoadedLM(name, model, tokenizer, find_decoder_layers(model), device)
 
