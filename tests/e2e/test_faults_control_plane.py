@@ -1,4 +1,4 @@
-"""Faults of the control plane in the middle of a 3-job sweep: its worker, beat and tunnel
+"""Faults of the control plane in the middle of a 2-job sweep: its worker, beat and tunnel
 service SIGKILLed and restarted, and two beats at once. No job may lose an attempt to them:
 every job succeeds on attempt 1, the finalizer runs once, and no instance is left."""
 

@@ -1,7 +1,7 @@
-"""Faults of one instance in the middle of a 3-job sweep: its GPU-side worker SIGKILLed, its
+"""Faults of one instance in the middle of a 2-job sweep: its GPU-side worker SIGKILLed, its
 sshd SIGKILLed (the provider then reports it unhealthy: a preemption), and a preemption whose
 newest checkpoint in the store is corrupt. The watchdog notices, the job resumes as attempt 2
-from the newest checkpoint that verifies, and the other two jobs are left alone."""
+from the newest checkpoint that verifies, and the other job is left alone."""
 
 from __future__ import annotations
 

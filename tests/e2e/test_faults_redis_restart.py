@@ -1,4 +1,4 @@
-"""Redis restarted in the middle of a 3-job sweep (SIGTERM, a few seconds down, started again
+"""Redis restarted in the middle of a 2-job sweep (SIGTERM, a few seconds down, started again
 on its AOF): the job and instance records, the queued and unacknowledged messages and the
 chord's state survive, every service reconnects, and the sweep completes on attempt 1."""
 
