@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.sshd]
 NOTICE_S = 120.0  # EC2's two minutes: the instance dies long after the test needs it
 # Half LONG_RUN's steps in one 1-minute segment: the notice is given as soon as the segment's
 # training loop runs (its first progress report) and is read within 0.2 s, well before the
-# segment's own end and, on any machine under ~1,000 steps/s, before the run's.
+# segment's own end and, on any machine under ~500 steps/s, before the run's.
 NOTICE_RUN = {"train.total_tokens": LONG_RUN["train.total_tokens"] // 2, "segment_minutes": 1.0}
 
 

@@ -18,6 +18,10 @@ from tests.e2e.harness import (
     wait_pulled_checkpoint,
 )
 
+# Twice LONG_RUN: the run must outlast beat's start-up and first tick on a loaded machine; the
+# cap stops it soon after, so the steps it would train later cost nothing.
+COST_RUN = {**LONG_RUN, "train.total_tokens": 2 * LONG_RUN["train.total_tokens"]}
+
 pytestmark = [pytest.mark.slow, pytest.mark.sshd]
 
 
@@ -33,7 +37,7 @@ def test_cost_cap_mid_training_stops_keeps_the_checkpoint_and_terminates(
         fleet_assets,
         provider={"name": "local", "price_per_hour": 3600.0},
         max_cost_usd=5,
-        **LONG_RUN,
+        **COST_RUN,
     )
     wait_pulled_checkpoint(plane, job_id)
     plane.start_beat(interval_s=1.0)
