@@ -28,7 +28,9 @@ from tests.ops.bad_input import Outcome, saefleet
 from tests.support.fake_hub import FakeHub, running_hub
 from tests.support.moto_s3 import TEST_CREDENTIALS, moto_s3_server
 
-sae_lens = pytest.importorskip("sae_lens")
+# SAELens (the bench extra, installed by `make test`) is imported by the tests that load with it:
+# importing it costs seconds of CPU (transformer_lens, sympy), paid by one pytest-xdist worker.
+SAE_LENS = pytest.mark.xdist_group("sae_lens")
 
 SWEEP = "swpub"
 D_IN = 16
@@ -118,6 +120,8 @@ def finished_sweep(tmp_path: Path) -> dict[str, SparseAutoencoder]:
 def assert_loads_in_sae_lens(root: Path, saes: dict[str, SparseAutoencoder]) -> None:
     """Each SAE folder under `root` holds exactly SAELens' two files, and SAELens' loader
     reconstructs raw activations as our SAE does."""
+    import sae_lens
+
     assert {p.name for p in root.iterdir() if p.is_dir()} == set(saes)
     x = torch.randn(32, D_IN, generator=torch.Generator().manual_seed(9)) * 3
     for folder, ours in saes.items():
@@ -148,6 +152,7 @@ def refused(outcome: Outcome, *fragments: str) -> None:
         assert fragment in outcome.err, (fragment, outcome.err)
 
 
+@SAE_LENS
 def test_file_store_to_a_folder_and_force(finished_sweep: dict, tmp_path: Path) -> None:
     out = tmp_path / "published"
     done = saefleet("sweep", "publish", SWEEP, "--to", out.as_uri())
@@ -179,6 +184,7 @@ def s3_store(s3_env: Any, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -
     return moto_endpoint
 
 
+@SAE_LENS
 def test_s3_store_to_an_s3_prefix(
     s3_store: str, s3_env: Any, finished_sweep: dict, tmp_path: Path
 ) -> None:
@@ -245,6 +251,7 @@ def repo_copy(hub: FakeHub, repo: str, dest: Path) -> Path:
     return dest
 
 
+@SAE_LENS
 def test_hub_repo_is_created_written_and_replaced_only_with_force(
     hub: FakeHub, finished_sweep: dict, tmp_path: Path
 ) -> None:
@@ -254,6 +261,8 @@ def test_hub_repo_is_created_written_and_replaced_only_with_force(
     assert_loads_in_sae_lens(copy, finished_sweep)
     assert_readme(copy)
     assert 'SAE.from_pretrained("org/saes", "sae.k=4")' in (copy / "README.md").read_text()
+    import sae_lens
+
     from_hub = sae_lens.SAE.from_pretrained("org/saes", "sae.k=8")  # as the README says
     x = torch.randn(8, D_IN)
     assert torch.allclose(from_hub(x), finished_sweep["sae.k=8"](x).x_hat, atol=1e-5)

@@ -139,8 +139,9 @@ def test_relu_variant_trains(make_config, tmp_path):
     assert json.loads((tmp_path / "final" / "cfg.json").read_text())["architecture"] == "standard"
 
 
+@pytest.mark.xdist_group("sae_lens")  # one worker imports SAELens (tests/ops/test_publish.py)
 def test_sae_lens_reads_the_final_sae(make_config, tmp_path):
-    sae_lens = pytest.importorskip("sae_lens")
+    import sae_lens
     import torch
 
     run = TrainingRun(make_config(train={"total_tokens": 4096}), tmp_path)
