@@ -350,15 +350,25 @@ def test_pacer_keeps_requests_and_launches_to_their_rates(fake_lambda: FakeLambd
         cloud.close()
 
 
-def test_every_client_of_the_process_shares_one_pacer(fake_lambda: FakeLambda) -> None:
-    shared_pacer().reset()
-    assert shared_pacer().rates == LAMBDA_RATES
+def test_every_client_of_the_process_shares_one_pacer(
+    fake_lambda: FakeLambda, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pacer = shared_pacer()
+    assert pacer.rates == LAMBDA_RATES
+    monkeypatch.setattr(pacer, "_clock", lambda: 0.0)  # a clock that stands still: the waits
+    monkeypatch.setattr(pacer, "_sleep", lambda _: None)  # are the slots, however slow the run
+    pacer.reset()
+    waits: list[float] = []
+    acquire = pacer.acquire
+    monkeypatch.setattr(pacer, "acquire", lambda *kinds: waits.append(acquire(*kinds)) or 0.0)
     retry = RetryPolicy(max_attempts=1)
     for _ in range(2):  # two clients with default pacing, one request each
         with LambdaCloud(fake_lambda.api_key, fake_lambda.base_url, retry=retry) as cloud:
             cloud.instance_types()
-    first, second = (r.at for r in fake_lambda.requests)
-    assert second - first >= LAMBDA_RATES["request"].min_interval_s - 0.02
+    assert len(fake_lambda.requests) == 2
+    # one pacer for both: the second client's slot comes an interval after the first's
+    assert waits == [0.0, LAMBDA_RATES["request"].min_interval_s]
+    pacer.reset()  # its slots were on the standing clock
 
 
 def test_pacer_reserves_slots_for_concurrent_callers_without_real_time() -> None:
