@@ -11,6 +11,7 @@ redelivery. A pack job's segment trains all its members at once (jobs.pack_train
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import logging
@@ -48,6 +49,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TRAINER_MODULE = "sae.run"  # torch, transformers, datasets: seconds of imports
+YOUNG_GC_THRESHOLD = 10_000
+"""Allocations between the pool process's young-generation collections (Python's default is
+700). The trainer's imports and LM load create millions of objects that all live on, and
+collecting every 700 of them cost ~15% of the start-up (about 0.8 s of CPU on the tiny LM)."""
 STOP_CHECK_INTERVAL_S = 2.0
 FINISH_RETRY_S = 10 * 60.0
 _runs: dict[tuple[str, int], TrainingRun] = {}
@@ -130,6 +135,7 @@ def import_trainer_in_background(**_: Any) -> threading.Thread:
     itself still starts up and bootstrap waits for its answer: `warm_up`'s own import then
     finds the modules loaded, or waits for the rest (Python's import lock), instead of
     starting from nothing. A failure is left for `warm_up` or the first segment to report."""
+    gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
     thread = threading.Thread(target=_import_trainer, name="import-trainer", daemon=True)
     thread.start()
     return thread

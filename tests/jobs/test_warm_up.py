@@ -5,6 +5,7 @@ builds the run itself after a failed warm-up."""
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import threading
@@ -109,11 +110,16 @@ def test_the_pool_process_imports_the_trainer_as_it_forks(
     monkeypatch.delitem(sys.modules, "heavy_trainer", raising=False)
     from celery.signals import worker_process_init
 
+    thresholds = gc.get_threshold()
+    set_to: list[tuple[int, ...]] = []
+    monkeypatch.setattr(gc, "set_threshold", lambda *t: set_to.append(t))
     [(_, thread)] = [
         r for r in worker_process_init.send(sender=None) if isinstance(r[1], threading.Thread)
     ]
     thread.join(timeout=10)
     assert sys.modules["heavy_trainer"].LOADED is True
+    # collections of the young generation made rarer for the imports' millions of objects
+    assert set_to == [(jobs.training_task.YOUNG_GC_THRESHOLD, *thresholds[1:])]
 
     monkeypatch.setattr(jobs.training_task, "TRAINER_MODULE", "no_such_trainer_module")
     failing = jobs.training_task.import_trainer_in_background()
