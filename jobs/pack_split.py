@@ -16,7 +16,9 @@ pack takes: its bootstrap gives each member its own newest checkpoint in the sto
 written at one stream position). Each member keeps its record, its chord slot (`follow_pack`
 polls the member, whichever pack drives it) and its cost (the instances it trains on); its
 attempt notes why it split. Halvings start again from the members' own settings, and the
-split counts as a memory move, not an attempt.
+split counts as a memory move, not an attempt. `complete_split` hands the new pack jobs their
+members and sends their chains; a stage redelivered after a crash mid-split calls it again
+(jobs.stage_base), so a split is never left half-done.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from jobs.pipeline import JobRef, stage_chain
 from jobs.throughput import ModelShape, model_shape
 from queue_app.pack_mirror import add_packs, following_members
 from queue_app.records import AttemptRecord, JobRecord
+from queue_app.statemachine import JobState
 from queue_app.store import Store
 
 
@@ -135,6 +138,8 @@ def split_pack(store: Store, ref: JobRef, plan: SplitPlan) -> list[str]:
                 "index": records[0].index,
                 "name": _pack_name(records),
                 "members": group,
+                "split_from": ref.job_id,
+                "split_at": attempt,
                 "gpu_memory_above_gb": above,
                 "instance_id": None,
                 "progress": {},
@@ -151,24 +156,46 @@ def split_pack(store: Store, ref: JobRef, plan: SplitPlan) -> list[str]:
             out_of_memory=[plan.note],
         )
         new_packs.append((record, formed))
-    new_ids = add_packs(store, ref.sweep_id, new_packs)
-    for pack_id, group in zip(new_ids, plan.groups[1:], strict=True):
-        for member in group:
-            store.update_job(member, attempt, pack_id=pack_id)
-    moved = {m for group in plan.groups[1:] for m in group}
     store.update_job(
         pack.job_id,
         attempt,
         **fresh,
-        members=[m for m in pack.members if m not in moved],
         name=_pack_name(store.jobs(plan.groups[0])),
         gpu_memory_above_gb=plan.memory_above_gb[0],
     )
-    for pack_id in new_ids:
+    add_packs(store, ref.sweep_id, new_packs)
+    return complete_split(store, ref)
+
+
+def complete_split(store: Store, ref: JobRef) -> list[str]:
+    """Hand each pack job that split from pack `ref.job_id` at `ref.attempt` and still waits
+    there its members, and send its chain; returns their ids. Idempotent: the stage that split
+    calls it, and so does a redelivered copy of that stage after a crash, whichever step the
+    crash cut short (a chain sent twice runs once: the second provision finds the attempt
+    begun and passes on)."""
+    pack = store.job(ref.job_id)
+    if not pack.members:
+        return []
+    others = [p for p in store.sweep(ref.sweep_id).pack_ids if p != ref.job_id]
+    split_off = [
+        job
+        for job in store.jobs(others)
+        if (job.split_from, job.split_at) == (ref.job_id, ref.attempt)
+        and job.attempt == ref.attempt  # its own first attempt has not begun
+        and job.state is JobState.PREEMPTED
+    ]
+    moved = {member for job in split_off for member in job.members}
+    for job in split_off:
+        for member in job.members:
+            store.update_job(member, ref.attempt, pack_id=job.job_id)
+    if moved & set(pack.members):
+        kept = [m for m in pack.members if m not in moved]
+        store.update_job(ref.job_id, ref.attempt, members=kept)
+    for job in split_off:
         stage_chain(
-            JobRef(job_id=pack_id, attempt=attempt + 1, sweep_id=ref.sweep_id)
+            JobRef(job_id=job.job_id, attempt=ref.attempt + 1, sweep_id=ref.sweep_id)
         ).apply_async()
-    return new_ids
+    return [job.job_id for job in split_off]
 
 
 def _pack_name(members: list[JobRecord]) -> str:

@@ -35,7 +35,7 @@ from jobs.errors import InstanceLost, JobsError, OutOfGPUMemory, StageFailed
 from jobs.instances import provider_for, provider_lost_instance
 from jobs.instances import request_termination as _request_termination
 from jobs.oom import nothing_larger, plan_move
-from jobs.pack_split import pack_split_plan, split_pack
+from jobs.pack_split import complete_split, pack_split_plan, split_pack
 from jobs.pipeline import STAGES, JobRef, job_is_past, stage_chain, stage_task_name
 from jobs.providers import Provider
 from jobs.results import job_result
@@ -158,6 +158,7 @@ def run_stage(
         if ctx.job.terminal and stage != "terminate":
             return ref.message()  # pass through to terminate, which returns the result
         if ctx.job.state is JobState.PREEMPTED and ref.attempt == ctx.job.attempt:
+            complete_split(ctx.store, ref)  # a redelivery after a crash mid-split
             return resume(ctx, ctx.job.reason or "preempted")
         if ctx.job.state is JobState.PAUSED and ref.attempt == ctx.job.attempt:
             return resume_paused(ctx)

@@ -132,6 +132,10 @@ class JobRecord(Record):
     """The pack job that trains this job with others on one instance (None: its own chain)."""
     members: list[str] = []
     """A pack job's members, in grid order (empty for every other job)."""
+    split_from: str | None = None
+    """The pack job this pack job split from when it ran out of memory (jobs.pack_split)."""
+    split_at: int = 0
+    """The attempt of `split_from` that split (this job's first attempt is the next one)."""
     micro_batch_halvings: int = 0
     """How often running out of GPU memory halved the micro-batch on the current GPU size:
     every later segment and attempt trains with train.grad_accum_steps x 2**this (the same

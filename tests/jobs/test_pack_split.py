@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+import jobs.pack_split
 from jobs.oom import MovePlan
 from jobs.pack_split import SplitPlan, plan_split, split_pack
 from jobs.provision import provision
@@ -169,3 +170,34 @@ def test_each_new_pack_takes_its_own_types_and_its_first_members_spec(
     assert (new.members, new.gpu_memory_above_gb, new.name) == ([b, c], 24, "pack of k1; k2")
     assert new.job_spec.config.sae.k == 4 and new.reason == "out of memory; split"
     assert stage_world.store.events(new_id)[-1]["to"] == "PREEMPTED"
+
+
+class _WorkerDied(BaseException):
+    """The control worker dying mid-task (not an error the stage could handle)."""
+
+
+def test_a_split_cut_short_by_a_crash_is_completed_by_the_redelivered_stage(
+    stage_world: StageWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pack_id, (a, b, c, d) = _out_of_memory_at_the_floor(stage_world, 4)
+
+    def die(*_: object) -> list[str]:
+        raise _WorkerDied()
+
+    with monkeypatch.context() as crash, pytest.raises(_WorkerDied):
+        crash.setattr(jobs.pack_split, "complete_split", die)  # once the new pack is written
+        stage_world.deliver(supervise_training, pack_id)
+    [new_id] = stage_world.store.sweep(stage_world.job(a).sweep_id).pack_ids[1:]
+    assert stage_world.job(new_id).state is S.PREEMPTED
+    assert stage_world.job(c).pack_id == pack_id and stage_world.sent == []
+
+    redelivered = stage_world.deliver(supervise_training, pack_id)
+    assert redelivered.replacement is not None  # the pack job itself resumes as attempt 2
+    assert redelivered.replacement.tasks[0].args[0]["attempt"] == 2
+    assert (stage_world.job(pack_id).members, stage_world.job(new_id).members) == ([a, b], [c, d])
+    assert [stage_world.job(m).pack_id for m in (c, d)] == [new_id, new_id]
+    [sent] = [t for t in stage_world.sent if t["name"] == "saefleet.stage.provision"]
+    assert sent["args"][0]["job_id"] == new_id and sent["args"][0]["attempt"] == 2
+    # Once the new pack's own attempt has begun, a later look sends nothing again.
+    assert stage_world.deliver(provision, new_id, attempt=2).state == "SUCCESS"
+    assert jobs.pack_split.complete_split(stage_world.store, stage_world.ref(pack_id, 1)) == []
