@@ -164,16 +164,15 @@ def split_pack(store: Store, ref: JobRef, plan: SplitPlan) -> list[str]:
         gpu_memory_above_gb=plan.memory_above_gb[0],
     )
     add_packs(store, ref.sweep_id, new_packs)
-    return complete_split(store, ref)
+    return complete_split(store, ref, pack)
 
 
-def complete_split(store: Store, ref: JobRef) -> list[str]:
-    """Hand each pack job that split from pack `ref.job_id` at `ref.attempt` and still waits
-    there its members, and send its chain; returns their ids. Idempotent: the stage that split
-    calls it, and so does a redelivered copy of that stage after a crash, whichever step the
-    crash cut short (a chain sent twice runs once: the second provision finds the attempt
-    begun and passes on)."""
-    pack = store.job(ref.job_id)
+def complete_split(store: Store, ref: JobRef, pack: JobRecord) -> list[str]:
+    """Hand each pack job that split from `pack` (the record of `ref.job_id`) at `ref.attempt`
+    and still waits there its members, and send its chain; returns their ids. Idempotent: the
+    stage that split calls it, and so does a redelivered copy of that stage after a crash,
+    whichever step the crash cut short (a chain sent twice runs once: the second provision
+    finds the attempt begun and passes on)."""
     if not pack.members:
         return []
     others = [p for p in store.sweep(ref.sweep_id).pack_ids if p != ref.job_id]

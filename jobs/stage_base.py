@@ -158,7 +158,7 @@ def run_stage(
         if ctx.job.terminal and stage != "terminate":
             return ref.message()  # pass through to terminate, which returns the result
         if ctx.job.state is JobState.PREEMPTED and ref.attempt == ctx.job.attempt:
-            complete_split(ctx.store, ref)  # a redelivery after a crash mid-split
+            complete_split(ctx.store, ref, ctx.job)  # a redelivery after a crash mid-split
             return resume(ctx, ctx.job.reason or "preempted")
         if ctx.job.state is JobState.PAUSED and ref.attempt == ctx.job.attempt:
             return resume_paused(ctx)

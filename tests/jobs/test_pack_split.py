@@ -200,4 +200,5 @@ def test_a_split_cut_short_by_a_crash_is_completed_by_the_redelivered_stage(
     assert sent["args"][0]["job_id"] == new_id and sent["args"][0]["attempt"] == 2
     # Once the new pack's own attempt has begun, a later look sends nothing again.
     assert stage_world.deliver(provision, new_id, attempt=2).state == "SUCCESS"
-    assert jobs.pack_split.complete_split(stage_world.store, stage_world.ref(pack_id, 1)) == []
+    ref = stage_world.ref(pack_id, 1)
+    assert jobs.pack_split.complete_split(stage_world.store, ref, stage_world.job(pack_id)) == []
