@@ -26,8 +26,7 @@ from queue_app.jobspec import JobConfig
 from queue_app.statemachine import JobState
 from sae.checkpoint import checkpoint_name
 from tests.jobs.stage_world import StageWorld
-from tests.support.waiting import wait_for
-from tests.support.wandb_offline import OfflineRun, offline_runs
+from tests.support.wandb_offline import written_runs
 
 KEY = "wandb-key-that-must-never-be-logged-0123456789"
 TRACKING = {"wandb_project": "sae-sweeps", "wandb_entity": "interp-team"}
@@ -117,8 +116,7 @@ def test_segments_and_a_resumed_attempt_log_to_one_run_per_job(
     resumed.finish()
     send(stage_world, job_id, 2)
 
-    runs = offline_runs(instance_dir)
-    assert len(runs) == 3
+    runs = written_runs(instance_dir, lambda runs: len(runs) == 3)
     assert {(r.run_id, r.group, r.project, r.entity, r.name) for r in runs} == {
         (wandb_run_id(job_id), job.sweep_id, "sae-sweeps", "interp-team", job.name)
     }
@@ -200,14 +198,8 @@ def test_each_pack_member_logs_to_its_own_run(
     send(stage_world, pack_id, 1)
 
     ids = {wandb_run_id(m) for m in members}  # none for the pack job itself
-
-    def written() -> dict[str, OfflineRun] | None:
-        """Both runs, once wandb's service has written each one's records (it does so after
-        `finish` returns, on its own time, with two runs open at once)."""
-        runs = {run.run_id: run for run in offline_runs(instance_dir)}
-        return runs if set(runs) == ids and all(r.summary for r in runs.values()) else None
-
-    runs = wait_for("both members' offline runs", written, timeout_s=30)
+    written = written_runs(instance_dir, lambda runs: {run.run_id for run in runs} == ids)
+    runs = {run.run_id: run for run in written}
     first, second = (runs[wandb_run_id(m)] for m in members)
     assert (first.group, first.name, second.name) == ("sw1", "k0", "k1")
     assert [h["train/loss"] for h in first.history] == [1.0, 0.5, 1 / 3, 0.25]

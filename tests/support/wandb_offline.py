@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from wandb.proto import wandb_internal_pb2 as pb
+
+from tests.support.waiting import wait_for
 
 BLOCK = 32768
 HEADER = 7
@@ -36,6 +38,20 @@ class OfflineRun:
 def offline_runs(root: Path) -> list[OfflineRun]:
     """Every offline run under `root` (a `wandb` folder's parent), oldest first."""
     return [read_run(path) for path in sorted(root.glob("wandb/offline-run-*/run-*.wandb"))]
+
+
+def written_runs(
+    root: Path, ready: Callable[[list[OfflineRun]], bool], timeout_s: float = 30
+) -> list[OfflineRun]:
+    """`offline_runs(root)` once `ready` holds for them and each has its run record and
+    summary: wandb's service writes a run's records after `finish` returns, on its own time."""
+
+    def written() -> list[OfflineRun] | None:
+        runs = offline_runs(root)
+        complete = all(run.run_id and run.summary for run in runs)
+        return runs if complete and ready(runs) else None
+
+    return wait_for("the offline W&B runs written", written, timeout_s=timeout_s)
 
 
 def read_run(path: Path) -> OfflineRun:
