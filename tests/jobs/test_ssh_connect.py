@@ -145,7 +145,10 @@ def _public_key_line(keys_dir: str) -> str:
 
 def test_ensure_keypair_racing_processes_agree_on_one_key(tmp_path: Path) -> None:
     keys_dir = tmp_path / "keys"
-    with multiprocessing.get_context("fork").Pool(8) as pool:
+    # forkserver: children forked from a clean single-threaded server. A fork of this pytest
+    # worker copies whatever locks its threads (a moto server, tqdm's monitor) hold at that
+    # moment, and a fresh-clone run once hung here for the 600 s timeout.
+    with multiprocessing.get_context("forkserver").Pool(8) as pool:
         lines = pool.map(_public_key_line, [str(keys_dir)] * 32)
     assert len(set(lines)) == 1
     assert [p.name for p in keys_dir.iterdir()] == ["saefleet"]
