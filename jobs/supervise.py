@@ -62,7 +62,7 @@ def supervise_training(ctx: StageContext) -> dict[str, Any] | None:
     status = record.segment_status
     if record.segment == 0:
         _send_unless_held(ctx, instance, 1)
-    elif status is SegmentStatus.SENT and _since(record.segment_sent_at) > RESEND_AFTER_S:
+    elif status is SegmentStatus.SENT and _since(_last_sent(record)) > RESEND_AFTER_S:
         log.warning("segment %d was never picked up; sending it again", record.segment)
         _send_segment(ctx, instance, record.segment)
     elif status is SegmentStatus.FAILED:
@@ -101,6 +101,10 @@ def _segment_failed(record: AttemptRecord) -> NoReturn:
     if record.segment_out_of_memory:
         raise OutOfGPUMemory(f"training segment {record.segment}: {record.segment_error}")
     raise StageFailed(f"training segment {record.segment} failed: {record.segment_error}")
+
+
+def _last_sent(record: AttemptRecord) -> float | None:
+    return record.segment_resent_at or record.segment_sent_at
 
 
 def _since(moment: float | None) -> float:

@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -190,7 +191,7 @@ def train_segment(task: Task, job_id: str, attempt: int, segment: int, instance_
     workdir = Path(os.environ["SAEFLEET_WORKDIR"])
     with log_context(job=job_id, attempt=attempt, instance=instance_id):
         try:
-            if not store.start_segment(job_id, attempt, segment):
+            if not store.start_segment(job_id, attempt, segment, runner=uuid.uuid4().hex):
                 log.info("segment %d: duplicate or late message; ignored", segment)
                 return
         except StaleAttempt:

@@ -193,9 +193,13 @@ class AttemptRecord(Record):
     segment: int = 0
     """The current training segment, from 1 (0: none sent yet)."""
     segment_sent_at: float | None = None
-    """When the current segment's message was (last) sent."""
+    """When the current segment's message was first sent."""
+    segment_resent_at: float | None = None
+    """When it was last sent again (its message taken by no worker; see jobs.supervise)."""
     segment_started_at: float | None = None
     """When a worker started it."""
+    segment_runner: str | None = None
+    """The delivery of its message that runs it (a token train_segment draws)."""
     segment_finished_at: float | None = None
     """When it ended."""
     segment_status: SegmentStatus | None = None

@@ -256,9 +256,10 @@ class Store:
         """Mark segment `segment` as sent; True when it may be (re)sent.
 
         Segment n follows a done segment n-1; a segment still "sent" (never started) may be
-        sent again, because its message may have been lost with a crashed supervisor."""
+        sent again, because its message may have been lost with a crashed supervisor. A resend
+        keeps the first send's time: sending again is no sign that the instance works."""
         sent = (segment, SegmentStatus.SENT)
-        if self._move_segment(job_id, attempt, sent, sent, segment_sent_at=time.time()):
+        if self._move_segment(job_id, attempt, sent, sent, segment_resent_at=time.time()):
             return True
         previous = (segment - 1, SegmentStatus.DONE if segment > 1 else None)
         return self._move_segment(
@@ -267,19 +268,28 @@ class Store:
             previous,
             sent,
             segment_sent_at=time.time(),
+            segment_resent_at=None,
             segment_done=False,
             segment_stopped=False,
         )
 
-    def start_segment(self, job_id: str, attempt: int, segment: int) -> bool:
-        """sent -> running; False for a duplicate or late message (it must do nothing)."""
-        return self._move_segment(
+    def start_segment(self, job_id: str, attempt: int, segment: int, runner: str) -> bool:
+        """sent -> running by `runner` (unique to one delivery); False for a duplicate or late
+        message (it must do nothing). redis-py sends a command again when the connection drops
+        before the reply (a tunnel re-made under the GPU-side worker): a start that went
+        through is found by its runner, not taken for a duplicate (nobody would run it)."""
+        running = (segment, SegmentStatus.RUNNING)
+        if self._move_segment(
             job_id,
             attempt,
             (segment, SegmentStatus.SENT),
-            (segment, SegmentStatus.RUNNING),
+            running,
             segment_started_at=time.time(),
-        )
+            segment_runner=runner,
+        ):
+            return True
+        now = self.attempt(job_id, attempt)
+        return (now.segment, now.segment_status, now.segment_runner) == (*running, runner)
 
     def finish_segment(
         self, job_id: str, attempt: int, segment: int, status: SegmentStatus, **fields: Any

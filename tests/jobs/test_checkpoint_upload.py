@@ -45,7 +45,7 @@ def written(world: StageWorld, job_id: str, segment: int, root: Path, done: bool
     """The instance trained `segment` and wrote its checkpoint under `root`."""
     local = write_checkpoint(root, segment * 4, segment, b"state%d" % segment * 1000, "{}")
     world.store.claim_segment(job_id, 1, segment)  # sent (unless supervise sent it)
-    assert world.store.start_segment(job_id, 1, segment)
+    assert world.store.start_segment(job_id, 1, segment, runner="test")
     world.store.finish_segment(
         job_id,
         1,

@@ -36,7 +36,7 @@ def _noticed(world: StageWorld) -> tuple[str, InstanceRecord]:
     job_id = world.sweep()
     instance = world.launch(job_id, S.TRAINING)
     world.deliver(supervise_training, job_id)  # sends segment 1
-    assert world.store.start_segment(job_id, 1, 1)
+    assert world.store.start_segment(job_id, 1, 1, runner="test")
     world.store.transition(job_id, 1, S.PREEMPTING, reason="interruption notice")
     return job_id, instance
 
@@ -227,7 +227,7 @@ def test_a_noticed_pack_hands_off_each_members_checkpoint_and_one_that_is_corrup
     older = _stored(stage_world, corrupt, 3)
     instance = stage_world.launch(pack_id, S.TRAINING)
     stage_world.deliver(supervise_training, pack_id)  # sends segment 1
-    assert stage_world.store.start_segment(pack_id, 1, 1)
+    assert stage_world.store.start_segment(pack_id, 1, 1, runner="test")
     stage_world.store.transition(pack_id, 1, S.PREEMPTING, reason="interruption notice")
     stage_world.deliver(supervise_training, pack_id)  # attempt 2 starts at the notice
     stage_world.store.begin_attempt(pack_id, 2)

@@ -44,7 +44,7 @@ def _segment(
             final.mkdir(parents=True, exist_ok=True)
             (final / "metrics.json").write_text(json.dumps({"evals": {"fvu": 0.25}}))
             world.remote_tree(instance, final, f"{member}/final")
-    assert world.store.start_segment(pack_id, 1, segment)
+    assert world.store.start_segment(pack_id, 1, segment, runner="test")
     world.store.finish_segment(pack_id, 1, segment, "done", member_outcomes=outcomes)
 
 

@@ -39,7 +39,7 @@ def finish_segment(world: StageWorld, job_id: str, segment: int, tmp_path: Path)
     """The instance trained `segment`, wrote its checkpoint and uploaded it while supervise
     served the upload."""
     local = write_checkpoint(tmp_path / "written", segment * 4, segment, b"state%d" % segment, "{}")
-    assert world.store.start_segment(job_id, 1, segment)
+    assert world.store.start_segment(job_id, 1, segment, runner="test")
     world.store.finish_segment(
         job_id, 1, segment, "done", segment_checkpoint=f"checkpoints/{local.name}"
     )

@@ -34,7 +34,7 @@ def _segment_done(
     local = write_checkpoint(tmp_path / "written", segment * 4, segment * 2048, b"state", "{}")
     relative = f"checkpoints/{local.name}"
     world.remote_tree(instance, local, relative)
-    assert world.store.start_segment(job_id, 1, segment)
+    assert world.store.start_segment(job_id, 1, segment, runner="test")
     world.store.finish_segment(
         job_id, 1, segment, "done", segment_checkpoint=relative, segment_done=done
     )
@@ -101,7 +101,7 @@ def test_a_failed_segment_fails_the_job_and_terminates_the_instance(
 ) -> None:
     job_id, instance = _training(stage_world)
     stage_world.deliver(supervise_training, job_id)
-    assert stage_world.store.start_segment(job_id, 1, 1)
+    assert stage_world.store.start_segment(job_id, 1, 1, runner="test")
     stage_world.store.finish_segment(job_id, 1, 1, "failed", segment_error="RuntimeError: nan")
     delivery = stage_world.deliver(supervise_training, job_id)
     assert delivery == stage_world.passed_on(job_id)
@@ -132,9 +132,16 @@ def test_duplicate_supervisors_send_a_segment_once_and_resend_a_lost_one(
     stage_world.deliver(supervise_training, job_id)
     assert len(stage_world.sent) == 1
 
-    stage_world.store.update_attempt(job_id, 1, segment_sent_at=ago(RESEND_AFTER_S + 1))
+    first_sent = ago(RESEND_AFTER_S + 1)
+    stage_world.store.update_attempt(job_id, 1, segment_sent_at=first_sent)
     stage_world.deliver(supervise_training, job_id)
     assert [m["task_id"] for m in stage_world.sent] == [f"seg-{job_id}-a1-1"] * 2
+    stage_world.deliver(supervise_training, job_id)  # the resend's own clock starts now
+    assert len(stage_world.sent) == 2
+    # A resend is no sign of work: the watchdog's stuck check still counts from the first send.
+    record = stage_world.store.attempt(job_id, 1)
+    assert record.segment_sent_at == pytest.approx(first_sent)
+    assert record.segment_resent_at is not None and record.segment_resent_at > first_sent
 
 
 @pytest.mark.parametrize(("stop", "state"), [("cost_cap", S.COST_CAPPED), ("cancel", S.CANCELLED)])

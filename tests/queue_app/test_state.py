@@ -208,8 +208,9 @@ def test_segment_protocol(store: Store) -> None:
     assert store.claim_segment(job_id, 1, 1)
     assert store.claim_segment(job_id, 1, 1)  # still only sent: may be re-sent
     assert not store.claim_segment(job_id, 1, 2)  # segment 1 not done yet
-    assert store.start_segment(job_id, 1, 1)
-    assert not store.start_segment(job_id, 1, 1)  # a duplicate message does nothing
+    assert store.start_segment(job_id, 1, 1, runner="first")
+    assert not store.start_segment(job_id, 1, 1, runner="again")  # a duplicate does nothing
+    assert store.start_segment(job_id, 1, 1, runner="first")  # its own start, sent twice
     assert not store.claim_segment(job_id, 1, 1)  # running: no re-send
     assert store.finish_segment(job_id, 1, 1, DONE, segment_checkpoint="step-10")
     assert not store.finish_segment(job_id, 1, 1, DONE)
@@ -220,7 +221,7 @@ def test_segment_protocol(store: Store) -> None:
     store.transition(job_id, 1, S.PREEMPTED)
     store.begin_attempt(job_id, 2)
     with pytest.raises(StaleAttempt):
-        store.start_segment(job_id, 1, 2)
+        store.start_segment(job_id, 1, 2, runner="late")
 
 
 def test_a_renewed_lease_outlives_its_ttl_while_held(store: Store) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -14,6 +15,8 @@ from queue_app.connection import CLI_RETRY_S, SERVICE_RETRY_S, connect, get_stor
 from queue_app.processes import free_port, stop_process
 from queue_app.redis_server import start_redis
 from queue_app.settings import Settings
+from queue_app.statemachine import JobState, SegmentStatus
+from tests.queue_app.records import make_sweep
 from tests.support.servers import TEST_PASSWORD
 
 
@@ -49,3 +52,44 @@ def test_the_cli_fails_fast(tmp_path: Path) -> None:
     with pytest.raises(redis.exceptions.ConnectionError):
         get_store(cli).r.ping()
     assert time.monotonic() - started < CLI_RETRY_S + 3
+
+
+class ReplyLostOnce(redis.connection.Connection):
+    """Runs a script and then, once armed, loses its reply: the connection drops as the reply
+    comes back (an SSH tunnel re-made under the GPU-side worker)."""
+
+    armed = False
+    command = ""
+
+    def send_command(self, *args: Any, **kwargs: Any) -> None:
+        self.command = str(args[0]).upper()
+        super().send_command(*args, **kwargs)
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        reply = super().read_response(*args, **kwargs)
+        if ReplyLostOnce.armed and self.command in ("EVALSHA", "EVAL"):
+            ReplyLostOnce.armed = False
+            self.disconnect()
+            raise redis.exceptions.ConnectionError("connection dropped before the reply")
+        return reply
+
+
+def test_a_segment_start_whose_reply_was_lost_is_still_its_runners(redis_url: str) -> None:
+    """redis-py runs the start again on a new connection; the segment, running since the
+    first try, must not be taken for a duplicate (nobody would run it, and nothing would
+    notice for the watchdog's stuck time)."""
+    store = connect(redis_url, retry_s=SERVICE_RETRY_S)
+    [job] = make_sweep(store, "sw1", [JobState.TRAINING])
+    job_id = job.job_id
+    store.start_first_attempt(job_id)
+    assert store.claim_segment(job_id, 1, 1)
+    store.r.connection_pool.connection_class = ReplyLostOnce
+    store.r.connection_pool.reset()  # new connections are lossy
+    ReplyLostOnce.armed = True
+
+    assert store.start_segment(job_id, 1, 1, runner="delivery-1")
+
+    assert not ReplyLostOnce.armed  # the reply was lost, and the start sent again
+    record = store.attempt(job_id, 1)
+    assert (record.segment_status, record.segment_runner) == (SegmentStatus.RUNNING, "delivery-1")
+    assert not store.start_segment(job_id, 1, 1, runner="delivery-2")  # a real duplicate

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from queue_app.statemachine import JobState
+from queue_app.statemachine import JobState, SegmentStatus
 from tests.watchdog.conftest import World
 from watchdog.tick import run_tick
 
@@ -37,6 +37,27 @@ def test_progress_keeps_a_job_alive(world: World) -> None:
     run_tick(world.context(now=later))
 
     assert world.store.job(job_id).state is JobState.TRAINING
+
+
+def test_a_segment_resent_again_and_again_but_never_started_is_stuck(world: World) -> None:
+    """A GPU-side worker that takes no message: supervise resends the segment every minute,
+    and the resends are no progress."""
+    job_id = world.sweep()
+    world.launch(job_id, launched_ago_s=HOUR)
+    world.training(job_id)
+    later = time.time() + world.settings.watchdog_stuck_minutes * 60 + 30
+    world.store.update_attempt(
+        job_id,
+        1,
+        segment=3,
+        segment_status=SegmentStatus.SENT,
+        segment_sent_at=time.time(),
+        segment_resent_at=later - 5,
+    )
+
+    run_tick(world.context(now=later))
+
+    assert world.store.job(job_id).state is JobState.PREEMPTED
 
 
 def test_idle_instance_outside_training_is_treated_as_lost(world: World) -> None:
