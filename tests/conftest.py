@@ -21,7 +21,7 @@ from tests.e2e.harness import ControlPlane, control_plane
 from tests.support.servers import private_redis, require_sshd
 from tests.support.sweeps import make_assets
 
-pytest_plugins = ["tests.e2e.report", "tests.support.moto_aws"]
+pytest_plugins = ["tests.e2e.report", "tests.e2e.postmortem", "tests.support.moto_aws"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
