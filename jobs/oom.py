@@ -34,6 +34,7 @@ from jobs.placement import allowed_types
 from jobs.providers import Provider
 from queue_app.jobspec import JobConfig, ProviderSpec
 from queue_app.pack_mirror import following_members
+from queue_app.records import JobRecord
 from queue_app.store import Store
 
 
@@ -47,9 +48,21 @@ def record_halving(store: Store, job_id: str, attempt: int, restart: dict[str, A
     else:
         store.update_job(job_id, attempt, micro_batch_halvings=job.micro_batch_halvings + 1)
     members = following_members(store, job_id, attempt) if job.members else []
-    for owner in [job_id, *members]:
+    note_out_of_memory(store, attempt, [job_id, *members], restart["note"])
+
+
+def note_out_of_memory(store: Store, attempt: int, owners: list[str], note: str) -> None:
+    """Add `note` to the out-of-memory lines of each owner's `attempt`."""
+    for owner in owners:
         notes = store.attempt(owner, attempt).out_of_memory
-        store.update_attempt(owner, attempt, out_of_memory=[*notes, restart["note"]])
+        store.update_attempt(owner, attempt, out_of_memory=[*notes, note])
+
+
+def memory_move_fields(job: JobRecord) -> dict[str, Any]:
+    """What a move for memory (a larger type, or a pack split) sets on a job: the halvings
+    start again from its own settings, since the memory is what changed, and the move counts
+    as a memory move, not against max_attempts."""
+    return {"micro_batch_halvings": 0, "lm_batch_halvings": 0, "memory_moves": job.memory_moves + 1}
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from jobs.oom import MovePlan, smallest_micro_batch
+from jobs.oom import MovePlan, memory_move_fields, note_out_of_memory, smallest_micro_batch
 from jobs.packs import USABLE_MEMORY_FRACTION, group_jobs, memory_gb
 from jobs.pipeline import JobRef, stage_chain
 from jobs.throughput import ModelShape, model_shape
@@ -118,14 +118,9 @@ def split_pack(store: Store, ref: JobRef, plan: SplitPlan) -> list[str]:
     jobs' ids, whose chains are sent."""
     attempt, pack = ref.attempt, store.job(ref.job_id)
     why = pack.reason or plan.note
-    for owner in [ref.job_id, *(m for group in plan.groups for m in group)]:
-        notes = store.attempt(owner, attempt).out_of_memory
-        store.update_attempt(owner, attempt, out_of_memory=[*notes, plan.note])
-    fresh = {
-        "micro_batch_halvings": 0,
-        "lm_batch_halvings": 0,
-        "memory_moves": pack.memory_moves + 1,
-    }
+    owners = [ref.job_id, *(m for group in plan.groups for m in group)]
+    note_out_of_memory(store, attempt, owners, plan.note)
+    fresh = memory_move_fields(pack)
     now = time.time()
     new_packs = []
     for group, above in zip(plan.groups[1:], plan.memory_above_gb[1:], strict=True):

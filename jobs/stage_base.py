@@ -34,7 +34,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from jobs.errors import InstanceLost, JobsError, OutOfGPUMemory, StageFailed
 from jobs.instances import provider_for, provider_lost_instance
 from jobs.instances import request_termination as _request_termination
-from jobs.oom import nothing_larger, plan_move
+from jobs.oom import memory_move_fields, note_out_of_memory, nothing_larger, plan_move
 from jobs.pack_split import complete_split, pack_split_plan, split_pack
 from jobs.pipeline import STAGES, JobRef, job_is_past, stage_chain, stage_task_name
 from jobs.providers import Provider
@@ -319,16 +319,12 @@ def resume_on_larger_type(ctx: StageContext, reason: str) -> dict[str, Any]:
     if not plan.larger:
         return fail(ctx, nothing_larger(ctx.store, ctx.ref.job_id, ctx.config, plan, reason))
     why = f"{reason}; next attempt on a type with more GPU memory than {plan.ran_out_on}"
-    job = ctx.store.job(ctx.ref.job_id)
-    notes = ctx.attempt().out_of_memory
-    ctx.update_attempt(out_of_memory=[*notes, why])
+    note_out_of_memory(ctx.store, ctx.ref.attempt, [ctx.ref.job_id], why)
     ctx.store.update_job(
         ctx.ref.job_id,
         ctx.ref.attempt,
         gpu_memory_above_gb=plan.memory_gb,
-        micro_batch_halvings=0,
-        lm_batch_halvings=0,
-        memory_moves=job.memory_moves + 1,
+        **memory_move_fields(ctx.store.job(ctx.ref.job_id)),
     )
     ctx.store.transition(ctx.ref.job_id, ctx.ref.attempt, JobState.PREEMPTED, reason=why)
     return resume(ctx, why, at_once=True)
